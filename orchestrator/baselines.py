@@ -1,0 +1,141 @@
+"""Single-task baselines: a content-addressed cache and an actor pool that fills it.
+
+Delta_m (survey Eq. 10) compares against single-task networks that went through the same
+hyper-parameter search as the model, so every task is trained on every grid setting and seed
+of the study. Each (resolved config) result is cached under ``<cache>/<hash>/result.json``,
+keyed by everything that determines it (the whole TrialConfig except its experiment name, plus
+``CACHE_VERSION``): a second study that needs the same baselines trains none. The missing ones
+are trained in parallel by a pool of Ray actors, one run per actor at a time.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import defaultdict
+from statistics import mean
+from typing import Callable, Dict, List, Optional, Sequence
+
+from trainables.config import TrialConfig, stable_hash
+
+CACHE_VERSION = 1
+RESULT_FILE = "result.json"
+
+
+def cache_key(cfg: TrialConfig) -> str:
+    return stable_hash({"config": cfg.config_hash(exclude=("experiment",)), "version": CACHE_VERSION})
+
+
+def load_cached(cache_dir: str, cfg: TrialConfig) -> Optional[dict]:
+    path = os.path.join(cache_dir, cache_key(cfg), RESULT_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as fh:
+        return json.load(fh)
+
+
+class BaselineTrainer:
+    """Actor body: trains one single-task config per call, in this process."""
+
+    def __init__(self, num_threads: int = 1):
+        import torch
+
+        import trainables  # noqa: F401
+
+        torch.set_num_threads(max(1, num_threads))
+
+    def train(self, config: dict, out_dir: str) -> dict:
+        from trainables.session import Session
+        from trainables.train_loop import fit
+
+        cfg = TrialConfig.from_dict(config)
+        start = time.time()
+        # The checkpoint lives in the cache entry: an actor restarted after a crash resumes.
+        try:
+            last = fit(cfg, Session(checkpoint_dir=out_dir))
+            status, error = "completed", ""
+        except Exception as err:  # reported as a failed row; never cached
+            last, status, error = {}, "error", f"{type(err).__name__}: {err}"
+        result = {"config": cfg.to_dict(), "metrics": last, "wall_time_s": time.time() - start,
+                  "status": status, "error": error, "checkpoint_path": out_dir}
+        if status == "completed":
+            _write_json(os.path.join(out_dir, RESULT_FILE), result)
+        return result
+
+
+def ensure_baselines(
+    configs: Sequence[TrialConfig],
+    cache_dir: str,
+    num_actors: int,
+    actor_options: dict,
+    log: Callable[[str], None] = print,
+) -> List[dict]:
+    """Results of every config: from the cache, or trained now by an actor pool."""
+    import ray
+    from ray.util import ActorPool
+
+    results, todo = [], []
+    for cfg in configs:
+        cached = load_cached(cache_dir, cfg)
+        if cached is not None:
+            results.append({**cached, "cached": True, "config": cfg.to_dict()})
+        else:
+            todo.append(cfg)
+    log(f"single-task baselines: {len(results)} cached, {len(todo)} to train")
+    if not todo:
+        return results
+    actor_cls = ray.remote(BaselineTrainer)
+    threads = int(actor_options.get("num_cpus", 1) or 1)
+    actors = [actor_cls.options(max_restarts=2, max_task_retries=2, **actor_options).remote(threads)
+              for _ in range(max(1, min(num_actors, len(todo))))]
+    pool = ActorPool(actors)
+    jobs = [(cfg.to_dict(), os.path.join(cache_dir, cache_key(cfg))) for cfg in todo]
+    for i, result in enumerate(pool.map_unordered(lambda a, job: a.train.remote(*job), jobs), 1):
+        cfg = result["config"]
+        log(f"  [{i}/{len(jobs)}] {cfg['experiment']} {_setting(cfg)} seed={cfg['seed']}: "
+            f"{result['status']} val_score={result['metrics'].get('val_score', float('nan')):.4g} "
+            f"({result['wall_time_s']:.0f}s)")
+        results.append({**result, "cached": False})
+    for actor in actors:
+        ray.kill(actor)
+    return results
+
+
+def best_baselines(results: Sequence[dict], directions: Dict[str, bool]) -> Dict[str, dict]:
+    """Per task: the setting with the best mean validation score over seeds (never test).
+
+    Returns task -> {"setting_hash", "val": {key: mean}, "test": {key: mean}} where keys are
+    the task's "task/metric" entries.
+    """
+    groups: Dict[tuple, List[dict]] = defaultdict(list)
+    for r in results:
+        if r["status"] == "completed":
+            cfg = TrialConfig.from_dict(r["config"])
+            groups[(cfg.tasks[0], cfg.config_hash(exclude=("seed",)))].append(r)
+    best: Dict[str, dict] = {}
+    for (task, setting), runs in groups.items():
+        val_score = mean(r["metrics"]["val_score"] for r in runs)
+        if task not in best or val_score > best[task]["val_score"]:
+            best[task] = {"setting_hash": setting, "val_score": val_score,
+                          "val": _mean_metrics(runs, "val/", task), "test": _mean_metrics(runs, "test/", task)}
+    missing = sorted({k.split("/")[0] for k in directions} - set(best))
+    if missing:
+        raise RuntimeError(f"no single-task baseline finished for tasks {missing}; see the errors above")
+    return best
+
+
+def _mean_metrics(runs: Sequence[dict], prefix: str, task: str) -> Dict[str, float]:
+    keys = [k for k in runs[0]["metrics"] if k.startswith(f"{prefix}{task}/")]
+    return {k[len(prefix):]: mean(r["metrics"][k] for r in runs) for k in keys}
+
+
+def _setting(cfg: dict) -> str:
+    return f"{cfg['optimizer']}@{cfg['lr']:g}/{cfg['scheduler']}/bs{cfg['batch_size']}"
+
+
+def _write_json(path: str, obj: dict) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=1, default=float)
+    os.replace(tmp, path)

@@ -1,0 +1,111 @@
+"""The ``mtl`` command: run studies, report results, list plug-ins."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from typing import List, Optional
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mtl", description="Multi-task learning studies on Ray.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a study (a preset name or a YAML spec); default: quickstart")
+    run.add_argument("study", nargs="?", default="quickstart", help="preset name or path to a spec .yaml")
+    run.add_argument("--smoke", action="store_true", help="shrink data, epochs and grid: same code, ~2 minutes")
+    run.add_argument("--storage", default=None, help="results root (default ./mtl_runs; an NFS path on a cluster)")
+    run.add_argument("--data-root", default=None, help="dataset root on disk (real datasets)")
+    run.add_argument("--epochs", type=int, default=None, help="override train.epochs")
+    run.add_argument("--workers-per-trial", type=int, default=None, help="data-parallel workers per trial")
+    run.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per Train worker (0 on CPU)")
+    run.add_argument("--verbose", action="store_true", help="Tune's own status tables too")
+
+    rep = sub.add_parser("report", help="print the survey-style table of a results file or study dir")
+    rep.add_argument("results", help="results.parquet or a study directory")
+    rep.add_argument("--format", default="markdown", choices=("markdown", "csv", "latex"))
+
+    lst = sub.add_parser("list", help="list registered plug-ins (and presets)")
+    lst.add_argument("kind", nargs="?", default=None, help="dataset, task, backbone, head, architecture, balancer, preset")
+    return p
+
+
+def _load(study: str):
+    from orchestrator.spec import load_spec
+    from search_spaces import PRESETS, preset
+
+    if study in PRESETS:
+        return load_spec(preset(study))
+    if os.path.exists(study) or study.endswith((".yaml", ".yml")):
+        return load_spec(study)
+    raise SystemExit(f"mtl run: {study!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor a spec file")
+
+
+def cmd_run(args) -> int:
+    from orchestrator.spec import SpecError
+    from orchestrator.study import DEFAULT_STORAGE, run_study
+
+    try:
+        spec = _load(args.study)
+        if args.data_root:
+            spec = spec.replace(dataset=dataclasses.replace(spec.dataset, root=args.data_root))
+        if args.epochs:
+            spec = spec.replace(train=dataclasses.replace(spec.train, epochs=args.epochs))
+        overrides = {k: v for k, v in (("workers_per_trial", args.workers_per_trial),
+                                       ("gpus_per_worker", args.gpus_per_worker)) if v is not None}
+        if overrides:
+            spec = spec.replace(resources=dataclasses.replace(spec.resources, **overrides))
+        run_study(spec, storage=args.storage or DEFAULT_STORAGE, smoke_run=args.smoke,
+                  verbose=1 if args.verbose else 0)
+    except SpecError as err:
+        print(f"mtl run: invalid study spec: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_report(args) -> int:
+    from orchestrator.report import render
+    from orchestrator.results import read_rows
+
+    try:
+        rows = read_rows(args.results)
+    except FileNotFoundError as err:
+        print(f"mtl report: {err}", file=sys.stderr)
+        return 2
+    primary = next((r for r in rows if r["role"] == "multi_task"), None)
+    import json
+
+    primary_task = json.loads(primary["config_json"]).get("primary_task") if primary else None
+    print(render(rows, fmt=args.format, primary_task=primary_task))
+    return 0
+
+
+def cmd_list(args) -> int:
+    import trainables  # noqa: F401
+    from search_spaces import PRESETS
+    from trainables.registry import REGISTRIES
+
+    kinds = list(REGISTRIES) + ["preset"]
+    if args.kind and args.kind not in kinds:
+        print(f"mtl list: unknown kind {args.kind!r}; kinds: {', '.join(kinds)}", file=sys.stderr)
+        return 2
+    for kind in [args.kind] if args.kind else kinds:
+        print(f"{kind}:")
+        if kind == "preset":
+            for name in sorted(PRESETS):
+                print(f"  {name:<22} {(PRESETS[name].__doc__ or '').strip().splitlines()[0]}")
+            continue
+        registry = REGISTRIES[kind]
+        for name in registry.names():
+            print(f"  {name:<22} {registry.summary(name)}")
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    return {"run": cmd_run, "report": cmd_report, "list": cmd_list}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Survey-style tables from the results store (like the survey's Table 3).
+
+One row per model: the single-task networks (the best grid setting of each task, chosen on
+val), then each multi-task experiment at its best setting (chosen on val Delta_m). Columns are
+each task's primary test metric with its direction, #P (M), FLOPS (G, multiply-accumulates
+like the survey) and Delta_m (%) on the test split. With several seeds a cell reads mean +- std.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from statistics import mean, pstdev
+from typing import Any, Dict, List, Optional, Sequence
+
+FORMATS = ("markdown", "csv", "latex")
+
+
+def _task_columns(rows: Sequence[Dict[str, Any]], primary_task: Optional[str]) -> List[tuple]:
+    """[(task, metric, higher_is_better)] in table order (the primary task first)."""
+    from trainables.train_loop import build_tasks
+
+    widest = max(rows, key=lambda r: len(r["tasks"]))
+    cfg = json.loads(widest["config_json"])
+    tasks = build_tasks(cfg["dataset"], cfg["dataset_params"], widest["tasks"])
+    order = sorted(tasks, key=lambda t: t != primary_task)
+    return [(t, tasks[t].primary_metric, tasks[t].higher_is_better) for t in order]
+
+
+def _cell(values: Sequence[float], digits: int = 2, signed: bool = False) -> str:
+    values = [v for v in values if v is not None and v == v]
+    if not values:
+        return "-"
+    fmt = f"{{:+.{digits}f}}" if signed else f"{{:.{digits}f}}"
+    text = fmt.format(mean(values))
+    return text + (f" ± {pstdev(values):.{digits}f}" if len(values) > 1 else "")
+
+
+def table_rows(rows: Sequence[Dict[str, Any]], primary_task: Optional[str] = None) -> tuple:
+    """(header, body) of the table, body cells as strings."""
+    if not rows:
+        raise ValueError("no results rows to report")
+    columns = _task_columns(rows, primary_task)
+    header = ["Model"] + [f"{t} ({m}) {'↑' if up else '↓'}" for t, m, up in columns] + ["#P (M)", "FLOPS (G)", "Δm (%) ↑"]
+    body = []
+    chosen = [r for r in rows if r["selected"]]
+    single = [r for r in chosen if r["role"] == "single_task"]
+    if single:
+        line = ["Single task"]
+        for t, m, _ in columns:
+            line.append(_cell([r["test_metrics"].get(f"{t}/{m}") for r in single if r["tasks"] == [t]]))
+        per_task = {r["tasks"][0]: r for r in single}
+        line.append(f"{sum(r['params'] for r in per_task.values()) / 1e6:.2f}")
+        line.append(f"{sum(r['flops_g'] for r in per_task.values()):.2f}")
+        line.append(_cell([0.0], signed=True))
+        body.append(line)
+    experiments = list(dict.fromkeys(r["experiment"] for r in rows if r["role"] == "multi_task"))
+    for name in experiments:
+        runs = [r for r in chosen if r["experiment"] == name]
+        if not runs:
+            body.append([name] + ["-"] * (len(columns) + 2) + ["(no completed trial)"])
+            continue
+        line = [name] + [_cell([r["test_metrics"].get(f"{t}/{m}") for r in runs]) for t, m, _ in columns]
+        line += [f"{runs[0]['params'] / 1e6:.2f}", f"{runs[0]['flops_g']:.2f}",
+                 _cell([r["test_delta_m"] for r in runs], signed=True)]
+        body.append(line)
+    return header, body
+
+
+def render(rows: Sequence[Dict[str, Any]], fmt: str = "markdown", primary_task: Optional[str] = None) -> str:
+    if fmt not in FORMATS:
+        raise ValueError(f"format {fmt!r} is not one of {FORMATS}")
+    header, body = table_rows(rows, primary_task)
+    if fmt == "csv":
+        out = io.StringIO()
+        csv.writer(out).writerows([header] + body)
+        return out.getvalue()
+    if fmt == "latex":
+        lines = ["\\begin{tabular}{l" + "r" * (len(header) - 1) + "}", " & ".join(header) + " \\\\", "\\hline"]
+        lines += [" & ".join(c.replace("±", "$\\pm$") for c in line) + " \\\\" for line in body]
+        return "\n".join(lines + ["\\end{tabular}"])
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
+    fmt_line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    lines = [fmt_line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [fmt_line(b) for b in body]
+    note = "Δm: survey Eq. 10 on the test split against the single-task networks; best setting per model chosen on val."
+    return "\n".join(lines + [note])

@@ -1,0 +1,138 @@
+"""Run one study: spec -> baselines (actor pool, cached) -> Tune per experiment -> results.
+
+Everything that can be wrong with the spec or the data is checked before Ray starts.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import time
+from collections import defaultdict
+from statistics import mean
+from typing import Any, Callable, Dict, List, Optional
+
+from orchestrator import baselines as bl
+from orchestrator import report, results
+from orchestrator.plan import SINGLE_TASK, Experiment, complexity, expand, smoke, validate
+from orchestrator.ray_env import cluster_resources, start_ray
+from orchestrator.spec import StudySpec
+from orchestrator.tuning import run_experiment
+from trainables.config import TrialConfig
+from trainables.delta import delta_m
+from trainables.registry import DATASETS
+from trainables.train_loop import build_tasks, primary_directions
+
+DEFAULT_STORAGE = "mtl_runs"
+
+
+def run_study(spec: StudySpec, storage: str = DEFAULT_STORAGE, smoke_run: bool = False,
+              log: Callable[[str], None] = print, verbose: int = 0) -> Dict[str, Any]:
+    """Run ``spec``; returns {"results": path, "rows": [...], "table": str, "wall_time_s": float}."""
+    t0 = time.time()
+    if smoke_run:
+        spec = smoke(spec)
+    info = validate(spec)  # names, params, tasks: before any data or Ray work
+    storage = os.path.abspath(os.path.expanduser(storage))
+    study_dir = os.path.join(storage, spec.name)
+    cache_dir = os.path.join(storage, "_cache", "baselines")
+    log(f"study {spec.name!r}: dataset {spec.dataset.name}, tasks {list(spec.tasks)}, "
+        f"{len(spec.experiments)} experiment(s){' [smoke]' if smoke_run else ''}")
+    data_root = os.path.abspath(os.path.expanduser(spec.dataset.root)) if spec.dataset.root else None
+    DATASETS.get(spec.dataset.name).prepare(data_root, **dict(spec.dataset.params))  # generate / check once
+    single, multi = expand(spec, info, data_root)
+    log(f"{len(single[0].settings)} grid setting(s) x {len(spec.train.seeds)} seed(s) per model; "
+        f"{len(single)} single-task baseline model(s)")
+
+    run_id = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = os.path.join(study_dir, "results", run_id)
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "spec.json"), "w") as fh:
+        json.dump(spec.to_dict(), fh, indent=1)
+
+    start_ray(log)
+    cluster = cluster_resources()
+    res = spec.resources
+    actors = res.baseline_actors or max(1, int(cluster.get("CPU", 1) // max(res.cpus_per_worker, 1e-9)))
+    if res.gpus_per_worker:
+        actors = min(actors, max(1, int(cluster.get("GPU", 0) // res.gpus_per_worker)))
+    base_results = bl.ensure_baselines(
+        [c for e in single for c in e.trial_configs()], cache_dir, actors,
+        {"num_cpus": res.cpus_per_worker, "num_gpus": res.gpus_per_worker}, log)
+    tasks = build_tasks(spec.dataset.name, spec.dataset.params, spec.tasks)
+    directions = primary_directions(tasks)
+    best = bl.best_baselines(base_results, directions)
+    baseline_val = {k: best[k.split("/")[0]]["val"][k] for k in directions}
+    baseline_test = {k: best[k.split("/")[0]]["test"][k] for k in directions}
+    common = dict(study=spec.name, run_id=run_id, delta_baseline="single-task networks, best grid setting on val")
+
+    rows: List[Dict[str, Any]] = []
+    complexity_cache: Dict[str, tuple] = {}
+    for exp in single:
+        exp_rows = [_row(r, exp, common, complexity_cache, info, directions, baseline_val, baseline_test)
+                    for r in base_results if r["config"]["experiment"] == exp.name]
+        task = exp.base["tasks"][0]
+        for row in exp_rows:
+            row["selected"] = row["setting_hash"] == best[task]["setting_hash"] and row["status"] == "completed"
+        rows += _write(exp_rows, run_dir, exp.name)
+
+    extra = {"baseline_val": baseline_val, "baseline_test": baseline_test}
+    for exp in multi:
+        log(f"experiment {exp.name}: {len(exp.settings) * len(exp.seeds)} trial(s) through Ray Tune")
+        outcomes = run_experiment(exp, spec.search, res, os.path.join(study_dir, "tune"), cluster, extra, verbose)
+        exp_rows = [_row(o, exp, common, complexity_cache, info, directions, baseline_val, baseline_test)
+                    for o in outcomes]
+        _select(exp_rows)
+        rows += _write(exp_rows, run_dir, exp.name)
+
+    path = results.write_rows(rows, os.path.join(study_dir, "results.parquet"))
+    table = report.render(rows, primary_task=spec.primary_task)
+    wall = time.time() - t0
+    log("\n" + table + "\n")
+    log(f"results: {path} ({len(rows)} rows; all runs under {os.path.join(study_dir, 'results')})")
+    log(f"TensorBoard: tensorboard --logdir {os.path.join(study_dir, 'tune')}")
+    log(f"wall time: {wall:.0f}s")
+    return {"results": path, "rows": rows, "table": table, "wall_time_s": wall, "study_dir": study_dir}
+
+
+def _row(outcome: dict, exp: Experiment, common: dict, cache: dict, info, directions: Dict[str, bool],
+         baseline_val: Dict[str, float], baseline_test: Dict[str, float]) -> Dict[str, Any]:
+    cfg = TrialConfig.from_dict({k: v for k, v in outcome["config"].items()
+                                 if k not in ("baseline_val", "baseline_test")})
+    metrics = outcome["metrics"]
+    keys = {k: d for k, d in directions.items() if k.split("/")[0] in cfg.tasks}
+    val = {k[4:]: v for k, v in metrics.items() if k.startswith("val/")}
+    test = {k[5:]: v for k, v in metrics.items() if k.startswith("test/")}
+    model_key = json.dumps([cfg.architecture, cfg.tasks, cfg.backbone, cfg.backbone_params, cfg.head,
+                            cfg.head_params, cfg.architecture_params], sort_keys=True, default=str)
+    if model_key not in cache:
+        cache[model_key] = complexity(cfg, info)
+    params, gmacs = cache[model_key]
+    has = lambda m: all(k in m for k in keys)  # noqa: E731
+    return dict(
+        common, experiment=exp.name, role=exp.role, architecture=cfg.architecture, balancer=cfg.balancer,
+        tasks=list(cfg.tasks), trial_id=outcome.get("trial_id", ""),
+        config_json=json.dumps(cfg.to_dict(), sort_keys=True), config_hash=cfg.config_hash(),
+        setting_hash=cfg.config_hash(exclude=("seed",)), seed=cfg.seed, val_metrics=val, test_metrics=test,
+        val_delta_m=delta_m(val, baseline_val, keys) if has(val) else None,
+        test_delta_m=delta_m(test, baseline_test, keys) if has(test) else None,
+        params=params, flops_g=gmacs, wall_time_s=outcome.get("wall_time_s"),
+        epochs_done=int(metrics.get("epoch", -1)) + 1, status=outcome["status"], error=outcome.get("error", ""),
+        cached=bool(outcome.get("cached", False)), checkpoint_path=outcome.get("checkpoint_path", ""))
+
+
+def _select(rows: List[Dict[str, Any]]) -> None:
+    """Mark the setting with the best mean validation Delta_m over its seeds (never test)."""
+    groups = defaultdict(list)
+    for row in rows:
+        if row["status"] == "completed" and row["val_delta_m"] is not None:
+            groups[row["setting_hash"]].append(row["val_delta_m"])
+    if groups:
+        best = max(groups, key=lambda h: mean(groups[h]))
+        for row in rows:
+            row["selected"] = row["setting_hash"] == best and row["status"] == "completed"
+
+
+def _write(rows: List[Dict[str, Any]], run_dir: str, experiment: str) -> List[Dict[str, Any]]:
+    results.write_rows(rows, os.path.join(run_dir, experiment.replace("/", "__") + ".parquet"))
+    return rows

@@ -1,0 +1,101 @@
+"""One multi-task experiment = one Ray Tune run; one trial = one Ray Train ``TorchTrainer``.
+
+Ray 2.60 runs Train V2, which refuses ``Tuner(TorchTrainer(...))``. Each trial is therefore a
+Tune *function trainable* that builds and fits a ``TorchTrainer``; ``TuneReportCallback``
+forwards rank 0's per-epoch reports to Tune, where ASHA can stop the trial. The inner run is
+named after the Tune trial and shares the Tuner's storage, so a retried trial resumes from its
+own last checkpoint. Tune only accounts for the trial's driver, not the worker group it starts:
+the driver asks for a sliver of a CPU and concurrency is capped by what the workers need
+(otherwise two trials on two CPUs deadlock).
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Dict, List
+
+from orchestrator.plan import Experiment
+from orchestrator.spec import ResourcesSpec, SearchSpec
+
+METRIC, MODE = "val_score", "max"
+
+
+def trial_name(experiment: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", experiment).strip("-")
+
+
+def max_concurrent(resources: ResourcesSpec, cluster: Dict[str, float]) -> int:
+    """Trials whose worker groups fit in the cluster at once (at least one)."""
+    r = resources
+    if r.max_concurrent_trials:
+        return r.max_concurrent_trials
+    fits = [cluster.get("CPU", 1) / (r.workers_per_trial * r.cpus_per_worker)] if r.cpus_per_worker else []
+    if r.gpus_per_worker:
+        fits.append(cluster.get("GPU", 0) / (r.workers_per_trial * r.gpus_per_worker))
+    return max(1, int(math.floor(min(fits)))) if fits else 1
+
+
+def _run_trial(config: Dict[str, Any], scaling: Dict[str, Any], storage_path: str) -> None:
+    """Tune function trainable: fit one TorchTrainer for this trial's config."""
+    from ray import tune
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from trainables.config import TrialConfig
+    from trainables.worker import train_worker
+
+    TrialConfig.from_dict(config)  # fail fast, in the driver, on a bad config
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(**scaling),
+        run_config=RunConfig(
+            name=f"train-{tune.get_context().get_trial_id()}",
+            storage_path=storage_path,
+            callbacks=[TuneReportCallback()],
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    trainer.fit()
+
+
+def run_experiment(exp: Experiment, search: SearchSpec, resources: ResourcesSpec, storage_path: str,
+                   cluster: Dict[str, float], extra_config: Dict[str, Any], verbose: int = 0) -> List[Dict[str, Any]]:
+    """Run every grid setting x seed of ``exp`` as Tune trials; one outcome dict per trial."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from orchestrator.progress import EpochLines
+
+    scaling = dict(num_workers=resources.workers_per_trial, use_gpu=resources.gpus_per_worker > 0,
+                   resources_per_worker={"CPU": resources.cpus_per_worker,
+                                         **({"GPU": resources.gpus_per_worker} if resources.gpus_per_worker else {})})
+    trainable = tune.with_resources(
+        tune.with_parameters(_run_trial, scaling=scaling, storage_path=storage_path), {"cpu": 0.01})
+    param_space = {**exp.base, **extra_config,
+                   "hp": tune.grid_search(list(exp.settings)), "seed": tune.grid_search(list(exp.seeds))}
+    scheduler = None
+    if search.asha:
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=exp.base["epochs"],
+                                  grace_period=search.grace_period, reduction_factor=search.reduction_factor)
+    tuner = tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, scheduler=scheduler,
+                                    max_concurrent_trials=max_concurrent(resources, cluster)),
+        run_config=tune.RunConfig(name=trial_name(exp.name), storage_path=storage_path, verbose=verbose,
+                                  callbacks=[EpochLines(exp.name)],
+                                  failure_config=tune.FailureConfig(max_failures=1)),
+    )
+    outcomes = []
+    for result in tuner.fit():
+        metrics = dict(result.metrics or {})
+        status = "error" if result.error else ("completed" if metrics.get("finished") else "stopped")
+        outcomes.append({"config": {k: v for k, v in (result.config or {}).items()},
+                         "metrics": metrics, "status": status,
+                         "error": f"{type(result.error).__name__}: {result.error}" if result.error else "",
+                         "wall_time_s": float(metrics.get("time_total_s", math.nan)),
+                         "trial_id": str(metrics.get("trial_id", "")),
+                         "checkpoint_path": str(metrics.get("checkpoint_path", "") or "")})
+    return outcomes

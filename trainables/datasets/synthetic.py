@@ -1,0 +1,330 @@
+"""The embedded synthetic multi-task dataset: the product's default dataset.
+
+Procedurally ray-cast scenes (see ``render.py``) with six consistent outputs per image: RGB,
+semantic segmentation (7 classes), metric depth, surface normals, semantic edges and a scene
+label (5 classes). It needs no download, so every preset can run in miniature on a laptop,
+and its tasks share one geometry, so sharing a network between them can help or hurt
+measurably.
+
+Images are pure functions of (seed, split, index). They are rendered once by ``prepare`` and
+cached as Parquet shards in ``<root>/synthetic-<key>/``, where ``key`` hashes the parameters
+and ``GENERATOR_VERSION`` (bump it whenever the renderer's output changes). A cache directory
+is complete only when its ``meta.json`` (written last) exists and matches; it is written
+into a temporary directory and renamed into place, so a crash or a concurrent writer never
+leaves a half cache that is taken for a whole one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Dict, Mapping, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from trainables.datasets import render
+from trainables.datasets.base import SPLITS, DatasetInfo, TaskSpec
+from trainables.registry import register_dataset
+
+GENERATOR_VERSION = 1
+N_CLASSES = render.N_CLASSES
+N_SCENES = render.N_SCENES
+CLASS_NAMES = render.CLASS_NAMES
+SCENE_NAMES = render.SCENE_NAMES
+TASK_NAMES = ("semseg", "depth", "normals", "edge", "scene")
+SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
+ROWS_PER_SHARD = 512
+# Per-channel statistics of the default parameters' training images (measured, rounded).
+IMAGE_MEAN = (0.36, 0.34, 0.32)
+IMAGE_STD = (0.13, 0.12, 0.14)
+
+# Parquet column -> (numpy dtype stored, per-image shape as a function of the image size).
+_DENSE_COLUMNS = {
+    "image": (np.uint8, lambda s: (s, s, 3)),
+    "semseg": (np.uint8, lambda s: (s, s)),
+    "depth": (np.float32, lambda s: (s, s)),  # float16 would cost ~4 mm at 8 m: too coarse
+    "normals": (np.float16, lambda s: (s, s, 3)),  # renormalised when served
+    "edge": (np.uint8, lambda s: (s, s)),
+}
+
+
+@dataclass(frozen=True)
+class SyntheticParams:
+    """Generator parameters; all of them key the cache.
+
+    Attributes:
+        image_size: side of the square images, a multiple of 32 in [32, 256] so that every
+            backbone's stride-32 feature map tiles the image exactly.
+        num_train, num_val, num_test: images per split (>= 1 each).
+        seed: generator seed (>= 0); image i of a split is the same for any split sizes.
+        noise_std: std of the Gaussian pixel noise, in [0, 1] intensity units.
+    """
+
+    image_size: int = 64
+    num_train: int = 2000
+    num_val: int = 300
+    num_test: int = 300
+    seed: int = 0
+    noise_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        s = self.image_size
+        if not _is_int(s) or not 32 <= s <= 256 or s % 32:
+            raise ValueError(f"synthetic: image_size must be a multiple of 32 in [32, 256] "
+                             f"(32, 64, 96, ..., 256), got {s!r}")
+        for name in ("num_train", "num_val", "num_test"):
+            v = getattr(self, name)
+            if not _is_int(v) or not 1 <= v <= 10_000_000:
+                raise ValueError(f"synthetic: {name} must be an int in [1, 10000000], got {v!r}")
+        if not _is_int(self.seed) or not 0 <= self.seed < 2**63:
+            raise ValueError(f"synthetic: seed must be a non-negative int, got {self.seed!r}")
+        v = self.noise_std
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+            raise ValueError(f"synthetic: noise_std must be a float in [0, 1], got {v!r}")
+        object.__setattr__(self, "noise_std", float(v))  # 0 and 0.0 must key the same cache
+
+    @classmethod
+    def from_kwargs(cls, params: Mapping[str, object]) -> "SyntheticParams":
+        """Build from keyword arguments; an unknown name is a ValueError listing the valid."""
+        valid = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(params) - set(valid))
+        if unknown:
+            raise ValueError(f"synthetic: unknown parameter(s) {', '.join(unknown)}; "
+                             f"valid parameters: {', '.join(valid)}")
+        return cls(**params)
+
+    def count(self, split: str) -> int:
+        return {"train": self.num_train, "val": self.num_val, "test": self.num_test}[split]
+
+    def cache_key(self) -> str:
+        """First 12 hex digits of the sha256 of the canonical JSON of params + version."""
+        blob = json.dumps({"params": dataclasses.asdict(self), "version": GENERATOR_VERSION},
+                          sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def default_root() -> str:
+    return os.path.join(os.path.expanduser(os.environ.get("MTL_CACHE_DIR", "~/.cache/mtl")),
+                        "synthetic")
+
+
+def cache_dir(root: Optional[str], params: SyntheticParams) -> str:
+    root = default_root() if root is None else os.path.expanduser(str(root))
+    return os.path.join(root, f"synthetic-{params.cache_key()}")
+
+
+def _shard_names(params: SyntheticParams, split: str) -> list[str]:
+    n_shards = -(-params.count(split) // ROWS_PER_SHARD)
+    return [f"{split}-{k:05d}.parquet" for k in range(n_shards)]
+
+
+def is_complete(path: str, params: SyntheticParams) -> bool:
+    """Whether ``path`` holds a finished cache made with ``params`` by this generator."""
+    try:
+        with open(os.path.join(path, "meta.json")) as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return False
+    if meta.get("version") != GENERATOR_VERSION or meta.get("params") != dataclasses.asdict(params):
+        return False
+    return all(os.path.isfile(os.path.join(path, name))
+               for split in SPLITS for name in _shard_names(params, split))
+
+
+def _write_cache(out: str, params: SyntheticParams) -> None:
+    """Render every split into ``out`` (shards first, meta.json last)."""
+    s = params.image_size
+    for split in SPLITS:
+        n = params.count(split)
+        for k, name in enumerate(_shard_names(params, split)):
+            idx = np.arange(k * ROWS_PER_SHARD, min(n, (k + 1) * ROWS_PER_SHARD))
+            arrays = render.render_batch(params.seed, SPLIT_IDS[split], idx, s, params.noise_std)
+            columns = {"index": pa.array(idx.astype(np.int32), pa.int32())}
+            for col, (dtype, _) in _DENSE_COLUMNS.items():
+                data = arrays[col].astype(dtype, copy=False)
+                columns[col] = pa.array([row.tobytes() for row in data], pa.binary())
+            columns["scene"] = pa.array(arrays["scene"].astype(np.int16), pa.int16())
+            pq.write_table(pa.table(columns), os.path.join(out, name))
+    meta = {
+        "version": GENERATOR_VERSION,
+        "params": dataclasses.asdict(params),
+        "counts": {split: params.count(split) for split in SPLITS},
+        "rows_per_shard": ROWS_PER_SHARD,
+        "shapes": {c: list(shape(s)) for c, (_, shape) in _DENSE_COLUMNS.items()},
+        "dtypes": {c: np.dtype(dt).name for c, (dt, _) in _DENSE_COLUMNS.items()},
+        "class_names": list(CLASS_NAMES),
+        "scene_names": list(SCENE_NAMES),
+    }
+    with open(os.path.join(out, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _publish(tmp: str, final: str, params: SyntheticParams) -> None:
+    """Rename the finished ``tmp`` to ``final``; if another writer got there first, drop ours.
+
+    ``os.rename`` of a directory is atomic and refuses a non-empty target, so readers see
+    either no cache or a whole one. An incomplete ``final`` (left by hand or an older tool) is
+    moved aside and deleted first.
+    """
+    try:
+        os.rename(tmp, final)
+        return
+    except OSError:
+        pass
+    if not is_complete(final, params):
+        stale = f"{final}.stale-{uuid.uuid4().hex[:8]}"
+        try:
+            os.rename(final, stale)
+        except FileNotFoundError:
+            pass
+        shutil.rmtree(stale, ignore_errors=True)
+        try:
+            os.rename(tmp, final)
+            return
+        except OSError:
+            if not is_complete(final, params):
+                raise
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+@register_dataset("synthetic")
+class SyntheticScenes(torch.utils.data.Dataset):
+    """Embedded ray-cast scenes: semseg, depth, normals, edge and scene labels, no download.
+
+    Args:
+        root: cache root (None: ``$MTL_CACHE_DIR/synthetic``, default ``~/.cache/mtl``).
+        split: "train", "val" or "test".
+        tasks: the subset of TASK_NAMES to serve.
+        augment: random horizontal flip (image, dense maps, x of the normals), drawn from
+            torch's global generator so it follows ``torch.manual_seed`` and the per-worker
+            seeds of a DataLoader.
+        **params: SyntheticParams fields.
+    """
+
+    # What ``mtl run --smoke`` overrides: a few hundred 32x32 images.
+    SMOKE_PARAMS = {"image_size": 32, "num_train": 256, "num_val": 64, "num_test": 64}
+
+    @classmethod
+    def describe(cls, **params) -> DatasetInfo:
+        p = SyntheticParams.from_kwargs(params)
+        return DatasetInfo(
+            name="synthetic",
+            tasks={
+                "semseg": TaskSpec("semseg", {"num_classes": N_CLASSES}),
+                "depth": TaskSpec("depth", {}),
+                "normals": TaskSpec("normals", {}),
+                "edge": TaskSpec("edge", {}),
+                "scene": TaskSpec("scene", {"num_classes": N_SCENES}),
+            },
+            input_size=(p.image_size, p.image_size),
+            default_batch_sizes=(8, 16, 32),
+            notes=f"{N_CLASSES} classes ({', '.join(CLASS_NAMES)}); {N_SCENES} scene types "
+                  f"({', '.join(SCENE_NAMES)}); generator v{GENERATOR_VERSION}",
+        )
+
+    @classmethod
+    def prepare(cls, root: Optional[str] = None, **params) -> str:
+        """Render the cache unless a complete one exists; return its directory."""
+        p = SyntheticParams.from_kwargs(params)
+        final = cache_dir(root, p)
+        if is_complete(final, p):
+            return final
+        parent = os.path.dirname(final)
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.tmp-", dir=parent)
+        try:
+            os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide a shared cache from other users
+            t0 = time.perf_counter()
+            _write_cache(tmp, p)
+            _publish(tmp, final, p)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        # Kept quiet on purpose beyond one line: prepare runs once per study on the driver.
+        print(f"synthetic: rendered {p.num_train + p.num_val + p.num_test} images into "
+              f"{final} in {time.perf_counter() - t0:.1f}s")
+        return final
+
+    def __init__(self, root: Optional[str], split: str, tasks: Sequence[str],
+                 augment: bool = False, **params):
+        if split not in SPLITS:
+            raise ValueError(f"synthetic: unknown split {split!r}; "
+                             f"valid splits: {', '.join(SPLITS)}")
+        if isinstance(tasks, str):
+            tasks = [tasks]
+        bad = [t for t in tasks if t not in TASK_NAMES]
+        if bad:
+            raise ValueError(f"synthetic: unknown task(s) {', '.join(map(repr, bad))}; "
+                             f"valid tasks: {', '.join(TASK_NAMES)}")
+        self.params = SyntheticParams.from_kwargs(params)
+        self.split, self.tasks, self.augment = split, list(dict.fromkeys(tasks)), bool(augment)
+        self.path = self.prepare(root, **params)
+        self._arrays = self._load(["image"] + self.tasks)
+        self._mean = torch.tensor(IMAGE_MEAN).view(3, 1, 1)
+        self._std = torch.tensor(IMAGE_STD).view(3, 1, 1)
+
+    def _load(self, columns: Sequence[str]) -> Dict[str, np.ndarray]:
+        """This split's requested columns as compact numpy arrays, in index order."""
+        s = self.params.image_size
+        names = _shard_names(self.params, self.split)
+        table = pa.concat_tables(
+            [pq.read_table(os.path.join(self.path, n), columns=["index"] + list(columns))
+             for n in names])
+        index = table.column("index").to_numpy()
+        if not np.array_equal(index, np.arange(self.params.count(self.split))):
+            raise RuntimeError(f"synthetic: cache {self.path} is corrupt (bad index column); "
+                               f"delete it to regenerate")
+        out: Dict[str, np.ndarray] = {}
+        for col in columns:
+            if col == "scene":
+                out[col] = table.column(col).to_numpy().astype(np.int64)
+                continue
+            dtype, shape = _DENSE_COLUMNS[col]
+            raw = b"".join(table.column(col).to_pylist())
+            out[col] = np.frombuffer(raw, dtype=dtype).reshape((len(index),) + shape(s))
+        return out
+
+    def __len__(self) -> int:
+        return self.params.count(self.split)
+
+    def __getitem__(self, i: int) -> Dict[str, object]:
+        a = self._arrays
+        image = torch.from_numpy(a["image"][i].copy()).permute(2, 0, 1).float().div_(255.0)
+        image = (image - self._mean) / self._std
+        targets: Dict[str, torch.Tensor] = {}
+        for task in self.tasks:
+            if task == "scene":
+                targets[task] = torch.tensor(a["scene"][i], dtype=torch.long)
+            elif task == "semseg":
+                targets[task] = torch.from_numpy(a["semseg"][i].astype(np.int64))
+            elif task == "normals":
+                n = torch.from_numpy(a["normals"][i].astype(np.float32)).permute(2, 0, 1)
+                norm = n.norm(dim=0, keepdim=True)
+                targets[task] = torch.where(norm > 0, n / norm.clamp_min(1e-12), n)
+            else:  # depth, edge: [1, H, W] float
+                targets[task] = torch.from_numpy(a[task][i].astype(np.float32))[None]
+        if self.augment and bool(torch.rand(()) < 0.5):
+            image = image.flip(-1)
+            for task, t in targets.items():
+                if t.dim() >= 2:
+                    targets[task] = t.flip(-1)
+            if "normals" in targets:
+                targets["normals"][0].neg_()  # mirroring the scene negates the camera x
+        return {"image": image.contiguous(),
+                "targets": {k: v.contiguous() for k, v in targets.items()},
+                "mask": {task: torch.tensor(True) for task in self.tasks}}

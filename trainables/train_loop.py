@@ -1,0 +1,204 @@
+"""The train loop: plain PyTorch, run by a Ray Train worker or by a single-task actor.
+
+``fit(config, session)`` trains one model on one hyper-parameter setting: the survey's
+optimisers (SGD with momentum 0.9, Adam) and schedulers (poly, step x0.1), validation every
+epoch, the test split after the last epoch, and one report + checkpoint per epoch (Ray Train
+V2 polls workers every ~2 s and a report blocks until picked up, so per-step reports would
+stall training). Metrics are split-level: every worker accumulates sum-reducible statistics
+on its shard of the split, and the session all-reduces them.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import random
+import time
+from collections import defaultdict
+from typing import Any, Dict, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from trainables.balancers.base import Balancer
+from trainables.config import TrialConfig
+from trainables.delta import delta_m
+from trainables.models import build_model
+from trainables.registry import BALANCERS, DATASETS, TASKS
+from trainables.session import Session
+from trainables.steps import training_step
+from trainables.tasks.base import Task
+
+
+def build_tasks(dataset: str, dataset_params: Mapping[str, Any], names: Sequence[str]) -> Dict[str, Task]:
+    """Task plug-ins for ``names`` as the dataset describes them."""
+    info = DATASETS.get(dataset).describe(**dict(dataset_params))
+    missing = [n for n in names if n not in info.tasks]
+    if missing:
+        raise ValueError(f"tasks: {missing} not offered by dataset {dataset!r}; it offers {sorted(info.tasks)}")
+    return {n: TASKS.get(info.tasks[n].type)(name=n, **dict(info.tasks[n].params)) for n in names}
+
+
+def build_balancer(name: str, task_names: Sequence[str], params: Mapping[str, Any]) -> Balancer:
+    """The balancer plug-in, with unknown keyword arguments named before anything runs."""
+    cls = BALANCERS.get(name)
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "task_names"}
+    unknown = sorted(set(params) - accepted)
+    if unknown:
+        raise ValueError(f"balancer {name!r}: unknown parameters {unknown}; accepted: {sorted(accepted)}")
+    return cls(list(task_names), **dict(params))
+
+
+def primary_directions(tasks: Mapping[str, Task]) -> Dict[str, bool]:
+    """"task/metric" -> higher_is_better, for each task's primary metric."""
+    return {f"{n}/{t.primary_metric}": t.higher_is_better for n, t in tasks.items()}
+
+
+def make_optimizer(cfg: TrialConfig, params) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(cfg: TrialConfig, optimizer, steps_per_epoch: int):
+    """Per-step LambdaLR: poly decay, or x0.1 at each milestone (fractions of all epochs)."""
+    total = max(1, cfg.epochs * steps_per_epoch)
+    if cfg.scheduler == "poly":
+        factor = lambda step: (1.0 - min(step, total - 1) / total) ** cfg.poly_power  # noqa: E731
+    else:
+        milestones = [int(round(m * cfg.epochs)) * steps_per_epoch for m in cfg.step_milestones]
+        factor = lambda step: 0.1 ** sum(step >= m for m in milestones)  # noqa: E731
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, tasks: Mapping[str, Task], dataset, session: Session, batch_size: int) -> Dict[str, float]:
+    """Split-level metrics ("task/metric" -> value) and mean losses ("task/loss")."""
+    shard = Subset(dataset, range(session.rank, len(dataset), session.world_size))  # no padding
+    loader = DataLoader(shard, batch_size=batch_size, shuffle=False)
+    states = {n: t.metric_state(session.device) for n, t in tasks.items()}
+    loss_sums = torch.zeros(len(tasks), 2, dtype=torch.float64, device=session.device)
+    was_training = model.training
+    model.eval()
+    for batch in loader:
+        batch = to_device(batch, session.device)
+        out = model(batch["image"])
+        for i, (name, task) in enumerate(tasks.items()):
+            keep = batch["mask"][name]
+            if keep.any():
+                pred, target = out[name][keep], batch["targets"][name][keep]
+                task.update_metric(states[name], pred, target)
+                loss_sums[i, 0] += float(task.loss(pred, target)) * int(keep.sum())
+                loss_sums[i, 1] += int(keep.sum())
+    model.train(was_training)
+    metrics: Dict[str, float] = {}
+    session.all_reduce_(loss_sums)
+    for i, (name, task) in enumerate(tasks.items()):
+        session.all_reduce_(states[name])
+        for key, value in task.compute_metric(states[name]).items():
+            metrics[f"{name}/{key}"] = float(value)
+        count = float(loss_sums[i, 1])
+        metrics[f"{name}/loss"] = float(loss_sums[i, 0]) / count if count else math.nan
+    return metrics
+
+
+def score(cfg: TrialConfig, metrics: Mapping[str, float], baseline: Mapping[str, float], directions: Mapping[str, bool]) -> Dict[str, float]:
+    """Delta_m against the baselines (when given) and the single number Tune maximises."""
+    if baseline:
+        dm = delta_m(metrics, baseline, directions)
+        return {"delta_m": dm, "score": dm}
+    if len(directions) == 1:  # a single-task run: its primary metric, signed so higher is better
+        (key, higher), = directions.items()
+        return {"score": metrics[key] if higher else -metrics[key]}
+    return {"score": -sum(metrics[f"{t}/loss"] for t in cfg.tasks)}
+
+
+def fit(cfg: TrialConfig, session: Session) -> Dict[str, Any]:
+    """Train ``cfg`` to the end (or from its last checkpoint); return the last report."""
+    seed_everything(cfg.seed + 1000 * session.rank)
+    tasks = build_tasks(cfg.dataset, cfg.dataset_params, cfg.tasks)
+    directions = primary_directions(tasks)
+    dataset_cls = DATASETS.get(cfg.dataset)
+    data_kw = dict(root=cfg.data_root, tasks=list(cfg.tasks), **dict(cfg.dataset_params))
+    train_set = dataset_cls(split="train", augment=True, **data_kw)
+    val_set = dataset_cls(split="val", augment=False, **data_kw)
+
+    model = build_model(tasks, cfg.architecture, cfg.backbone, dict(cfg.backbone_params), cfg.head,
+                        dict(cfg.head_params), dict(cfg.architecture_params)).to(session.device)
+    balancer = build_balancer(cfg.balancer, cfg.tasks, cfg.balancer_params).to(session.device)
+    per_worker_batch = max(1, cfg.batch_size // session.world_size)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    loader = DataLoader(train_set, batch_size=per_worker_batch, shuffle=True, drop_last=True, generator=generator)
+    loader = session.prepare_loader(loader)
+    steps = len(loader) if cfg.max_steps_per_epoch is None else min(len(loader), cfg.max_steps_per_epoch)
+    if steps == 0:
+        raise ValueError(f"batch_size {cfg.batch_size} exceeds the {len(train_set)} training samples")
+    optimizer = make_optimizer(cfg, list(model.parameters()) + list(balancer.parameters()))
+    scheduler = make_scheduler(cfg, optimizer, steps)
+
+    start_epoch, last = 0, {}
+    state = session.restore()
+    if state is not None:  # a retried trial resumes from its own last checkpoint
+        model.load_state_dict(state["model"])
+        balancer.load_state_dict(state["balancer"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, last = state["epoch"] + 1, state.get("metrics", {})
+    model = session.prepare_model(model)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        model.train()
+        sums = torch.zeros(len(cfg.tasks) + 1, dtype=torch.float64, device=session.device)
+        for step, batch in enumerate(loader):
+            if step >= steps:
+                break
+            batch = to_device(batch, session.device)
+            losses = training_step(model, balancer, tasks, batch, optimizer)
+            scheduler.step()
+            for i, name in enumerate(cfg.tasks):
+                sums[i] += float(losses.get(name, 0.0))
+            sums[-1] += 1
+        session.all_reduce_(sums)
+        train_losses = {name: float(sums[i] / sums[-1]) for i, name in enumerate(cfg.tasks)}
+        if balancer.needs_epoch_losses:
+            balancer.on_epoch_end(epoch, train_losses)
+
+        val = evaluate(model, tasks, val_set, session, cfg.eval_batch_size)
+        report: Dict[str, Any] = {"epoch": epoch, "lr": scheduler.get_last_lr()[0],
+                                  "epoch_time_s": time.perf_counter() - t0}
+        report.update({f"train/{n}/loss": v for n, v in train_losses.items()})
+        report.update({f"weight/{n}": w for n, w in balancer.current_weights().items()})
+        report.update({f"val/{k}": v for k, v in val.items()})
+        report.update({f"val_{k}": v for k, v in score(cfg, val, cfg.baseline_val, directions).items()})
+        if epoch == cfg.epochs - 1:  # reported, never used for selection
+            test_set = dataset_cls(split="test", augment=False, **data_kw)
+            test = evaluate(model, tasks, test_set, session, cfg.eval_batch_size)
+            report.update({f"test/{k}": v for k, v in test.items()})
+            if cfg.baseline_test:
+                report["test_delta_m"] = delta_m(test, cfg.baseline_test, directions)
+        report["finished"] = epoch == cfg.epochs - 1
+        bare = model.module if hasattr(model, "module") else model
+        state = {"model": bare.state_dict(), "balancer": balancer.state_dict(),
+                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "epoch": epoch, "metrics": report, "config": cfg.to_dict()}
+        session.report(report, state=state)
+        last = report
+    return last
