@@ -26,6 +26,13 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("results", help="results.parquet or a study directory")
     rep.add_argument("--format", default="markdown", choices=("markdown", "csv", "latex"))
 
+    data = sub.add_parser("data", help="dataset tools")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    chk = data_sub.add_parser("check", help="check a dataset on disk; prints a JSON summary")
+    chk.add_argument("--dataset", required=True, help="registered dataset name (mtl list dataset)")
+    chk.add_argument("--root", default=None, help="the dataset's root folder")
+    chk.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="dataset parameter")
+
     lst = sub.add_parser("list", help="list registered plug-ins (and presets)")
     lst.add_argument("kind", nargs="?", default=None, help="dataset, task, backbone, head, architecture, balancer, preset")
     return p
@@ -45,6 +52,7 @@ def _load(study: str):
 def cmd_run(args) -> int:
     from orchestrator.spec import SpecError
     from orchestrator.study import DEFAULT_STORAGE, run_study
+    from trainables.datasets.common import DataCheckError
 
     try:
         spec = _load(args.study)
@@ -60,6 +68,9 @@ def cmd_run(args) -> int:
                   verbose=1 if args.verbose else 0)
     except SpecError as err:
         print(f"mtl run: invalid study spec: {err}", file=sys.stderr)
+        return 2
+    except DataCheckError as err:
+        print(f"mtl run: dataset check failed: {err}", file=sys.stderr)
         return 2
     return 0
 
@@ -78,6 +89,22 @@ def cmd_report(args) -> int:
 
     primary_task = json.loads(primary["config_json"]).get("primary_task") if primary else None
     print(render(rows, fmt=args.format, primary_task=primary_task))
+    return 0
+
+
+def cmd_data(args) -> int:
+    import json
+
+    from orchestrator.data_check import check_dataset, parse_params
+    from trainables.datasets.common import DataCheckError
+    from trainables.registry import RegistryError
+
+    try:
+        summary = check_dataset(args.dataset, args.root, parse_params(args.param))
+    except (DataCheckError, RegistryError, ValueError, TypeError) as err:
+        print(f"mtl data check: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=1))
     return 0
 
 
@@ -104,7 +131,7 @@ def cmd_list(args) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    return {"run": cmd_run, "report": cmd_report, "list": cmd_list}[args.command](args)
+    return {"run": cmd_run, "report": cmd_report, "data": cmd_data, "list": cmd_list}[args.command](args)
 
 
 if __name__ == "__main__":

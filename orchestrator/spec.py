@@ -31,6 +31,9 @@ class DatasetSpec:
     name: str = "synthetic"
     root: Optional[str] = None  # None: the embedded synthetic data's cache; else a data root
     params: Mapping[str, Any] = field(default_factory=dict)
+    # Partial labels (JTR / MTPSL settings), e.g. {"setting": "onelabel", "seed": 0} or
+    # {"weights_file": "path/to/onelabel.pth"}; see trainables/datasets/partial.py.
+    labels: Optional[Mapping[str, Any]] = None
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ Everything that can be wrong with the spec or the data is checked before Ray sta
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -41,6 +42,15 @@ def run_study(spec: StudySpec, storage: str = DEFAULT_STORAGE, smoke_run: bool =
     data_root = os.path.abspath(os.path.expanduser(spec.dataset.root)) if spec.dataset.root else None
     DATASETS.get(spec.dataset.name).prepare(data_root, **dict(spec.dataset.params))  # generate / check once
     single, multi = expand(spec, info, data_root)
+    if spec.dataset.labels:  # one label file for every model of the study
+        from trainables.datasets.partial import materialize
+
+        train_set = DATASETS.get(spec.dataset.name)(root=data_root, split="train", tasks=list(spec.tasks),
+                                                    augment=False, **dict(spec.dataset.params))
+        label_file = materialize(study_dir, len(train_set), list(spec.tasks), dict(spec.dataset.labels))
+        log(f"partial labels {dict(spec.dataset.labels)}: {label_file}")
+        single = [dataclasses.replace(e, base={**e.base, "label_file": label_file}) for e in single]
+        multi = [dataclasses.replace(e, base={**e.base, "label_file": label_file}) for e in multi]
     log(f"{len(single[0].settings)} grid setting(s) x {len(spec.train.seeds)} seed(s) per model; "
         f"{len(single)} single-task baseline model(s)")
 

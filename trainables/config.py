@@ -31,6 +31,8 @@ class TrialConfig:
         max_steps_per_epoch: cap on training steps per epoch (smoke runs); None = full epoch.
         baseline_val/baseline_test: the single-task baselines' metrics ("task/metric" -> value)
             that Delta_m is computed against; empty when the run is itself a baseline.
+        label_file: a label-mask file (trainables/datasets/partial.py) applied to the training
+            split, so that every model of a study sees the same partial labels.
     """
 
     experiment: str
@@ -61,6 +63,7 @@ class TrialConfig:
     baseline_val: Mapping[str, float] = field(default_factory=dict)
     baseline_test: Mapping[str, float] = field(default_factory=dict)
     primary_task: Optional[str] = None
+    label_file: Optional[str] = None  # partial labels: which task labels each training image keeps
 
     def __post_init__(self):
         object.__setattr__(self, "tasks", tuple(self.tasks))

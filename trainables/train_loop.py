@@ -136,6 +136,10 @@ def fit(cfg: TrialConfig, session: Session) -> Dict[str, Any]:
     dataset_cls = DATASETS.get(cfg.dataset)
     data_kw = dict(root=cfg.data_root, tasks=list(cfg.tasks), **dict(cfg.dataset_params))
     train_set = dataset_cls(split="train", augment=True, **data_kw)
+    if cfg.label_file:  # partially labelled MTL: drop the labels the study's label file removes
+        from trainables.datasets.partial import LabelMasked
+
+        train_set = LabelMasked.from_file(train_set, cfg.label_file, cfg.tasks)
     val_set = dataset_cls(split="val", augment=False, **data_kw)
 
     model = build_model(tasks, cfg.architecture, cfg.backbone, dict(cfg.backbone_params), cfg.head,
