@@ -17,7 +17,7 @@ from orchestrator import baselines as bl
 from orchestrator import report, results
 from orchestrator.plan import SINGLE_TASK, Experiment, complexity, expand, smoke, validate
 from orchestrator.ray_env import cluster_resources, start_ray
-from orchestrator.spec import StudySpec
+from orchestrator.spec import SpecError, StudySpec
 from orchestrator.tuning import run_experiment
 from trainables.config import TrialConfig
 from trainables.delta import delta_m
@@ -34,6 +34,9 @@ def run_study(spec: StudySpec, storage: str = DEFAULT_STORAGE, smoke_run: bool =
     if smoke_run:
         spec = smoke(spec)
     info = validate(spec)  # names, params, tasks: before any data or Ray work
+    if "://" in storage:
+        raise SpecError(f"--storage {storage!r}: object-store URIs are not supported yet; give a filesystem "
+                        "path that every node sees (a local folder, or an NFS/EFS mount on a cluster)")
     storage = os.path.abspath(os.path.expanduser(storage))
     study_dir = os.path.join(storage, spec.name)
     cache_dir = os.path.join(storage, "_cache", "baselines")

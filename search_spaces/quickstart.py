@@ -14,5 +14,5 @@ SPEC = {
     "head": "conv",
     "experiments": [{"name": "mtl_baseline", "architecture": "mtl_baseline", "balancer": "fixed"}],
     "search": {"batch_sizes": [16], "schedulers": ["poly"], "lrs": [2e-4, 1e-2]},
-    "train": {"epochs": 4, "seeds": [0]},
+    "train": {"epochs": 6, "seeds": [0]},
 }

@@ -167,6 +167,10 @@ def fit(cfg: TrialConfig, session: Session) -> Dict[str, Any]:
 
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
+        # Every epoch's randomness (shuffle, augmentation, random balancers) is a function of
+        # (seed, rank, epoch) alone, so a trial resumed from a checkpoint continues exactly.
+        generator.manual_seed(cfg.seed + 7919 * epoch)
+        seed_everything(cfg.seed + 1000 * session.rank + 7919 * epoch)
         if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
         model.train()
