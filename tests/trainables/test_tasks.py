@@ -250,6 +250,25 @@ def _sample(type_: str, b: int, seed: int):
     if type_ == "scene":
         t = torch.randint(0, 7, (b,), generator=g)
         return TASKS.get(type_)(num_classes=7), torch.randn(b, 7, generator=g), t
+    if type_ == "saliency":
+        t = (torch.rand(b, 1, h, w, generator=g) < 0.4).float()
+        t[:, :, 0, 0], t[:, :, 0, 1] = 1.0, 255.0
+        return TASKS.get(type_)(), torch.randn(b, 1, h, w, generator=g), t
+    if type_ == "human_parts":
+        t = torch.randint(0, 7, (b, h, w), generator=g)
+        t[:, 0, 0] = 255
+        return TASKS.get(type_)(), torch.randn(b, 7, h, w, generator=g), t
+    if type_ in ("dense_l1", "keypoints"):
+        t = torch.rand(b, 2, h, w, generator=g)
+        t[:, :, 0, 0] = float("nan")
+        return TASKS.get(type_)(channels=2), torch.randn(b, 2, h, w, generator=g), t
+    if type_ == "attribute":
+        t = (torch.arange(b) % 2).float()  # both classes present
+        return TASKS.get(type_)(), torch.randn(b, 1, generator=g), t
+    if type_ == "instance_center":
+        t = torch.randn(b, 2, h, w, generator=g) * 3
+        t[:, :, 0, 0] = float("nan")
+        return TASKS.get(type_)(), torch.randn(b, 2, h, w, generator=g), t
     raise AssertionError(f"add a sample factory for registered task type {type_!r}")
 
 

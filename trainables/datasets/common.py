@@ -159,3 +159,127 @@ DEFAULT_IGNORE_RULES = {
     "normals": lambda t: (t == 0).all(dim=0, keepdim=True).expand_as(t),
     "edge": lambda t: t == 255,
 }
+
+
+# ---------------------------------------------------------------- helpers of the real-data loaders
+
+
+def params_from_kwargs(cls, dataset: str, params: Mapping[str, object]):
+    """Build the frozen params dataclass ``cls``; an unknown name is a ValueError listing the valid."""
+    import dataclasses
+
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise ValueError(f"{dataset}: unknown parameter(s) {', '.join(unknown)}; "
+                         f"valid parameters: {', '.join(valid)}")
+    return cls(**params)
+
+
+def as_size(dataset: str, field: str, value, allow_none: bool = True):
+    """An (H, W) pair of positive ints (lists from YAML become tuples), or None if allowed."""
+    if value is None and allow_none:
+        return None
+    if (isinstance(value, (list, tuple)) and len(value) == 2
+            and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in value)):
+        return (int(value[0]), int(value[1]))
+    raise ValueError(f"{dataset}: {field} must be [H, W], two positive ints"
+                     f"{' (or null)' if allow_none else ''}; got {value!r}")
+
+
+def check_common_params(dataset: str, p) -> None:
+    """Validate the fields every real-data loader shares: val_fraction, seed, max_samples,
+    scales, flip (and normalise list values to tuples on the frozen dataclass ``p``)."""
+    v = p.val_fraction
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
+        raise ValueError(f"{dataset}: val_fraction must be a float in (0, 1), got {v!r}")
+    if isinstance(p.seed, bool) or not isinstance(p.seed, (int, np.integer)) or p.seed < 0:
+        raise ValueError(f"{dataset}: seed must be a non-negative int, got {p.seed!r}")
+    m = p.max_samples
+    if m is not None and (isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1):
+        raise ValueError(f"{dataset}: max_samples must be a positive int or null, got {m!r}")
+    s = p.scales
+    if (not isinstance(s, (list, tuple)) or not s
+            or any(isinstance(x, bool) or not isinstance(x, (int, float)) or not 1 <= x <= 4 for x in s)):
+        raise ValueError(f"{dataset}: scales must be a non-empty list of zoom factors in [1, 4], got {s!r}")
+    object.__setattr__(p, "scales", tuple(float(x) for x in s))
+    if not isinstance(p.flip, bool):
+        raise ValueError(f"{dataset}: flip must be a bool, got {p.flip!r}")
+
+
+def decode_sample(n: int, limit: Optional[int]) -> List[int]:
+    """Indices of the samples a data check decodes: all of them when ``n <= limit`` (or
+    ``limit`` is None), else ``limit`` evenly spaced ones, the first and the last included."""
+    if limit is None or n <= limit:
+        return list(range(n))
+    return sorted({int(round(i)) for i in np.linspace(0, n - 1, limit)})
+
+
+def require_file(path: str, what: str) -> str:
+    if not os.path.isfile(path):
+        raise DataCheckError(path, f"missing file ({what})")
+    return path
+
+
+def resize_map(t: torch.Tensor, size: Sequence[int], mode: str = "nearest") -> torch.Tensor:
+    """Resize a [H, W] or [C, H, W] tensor to ``size`` = (H', W'), keeping its dtype.
+
+    "nearest" takes the source pixel whose centre is nearest (torch's "nearest-exact", as PIL):
+    labels, invalid markers (0, 255, NaN) and integer ids are copied, never blended.
+    "bilinear" uses pixel-centre alignment (align_corners=False), antialiased when shrinking.
+    """
+    size = (int(size[0]), int(size[1]))
+    if tuple(t.shape[-2:]) == size:
+        return t
+    x = t[None, None] if t.dim() == 2 else t[None]
+    dtype = x.dtype
+    x = x.double() if dtype in (torch.int32, torch.int64) else x.float()
+    if mode == "nearest":
+        y = torch.nn.functional.interpolate(x, size=size, mode="nearest-exact")
+    elif mode == "bilinear":
+        shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+        y = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+    else:
+        raise ValueError(f"resize_map: mode must be 'nearest' or 'bilinear', got {mode!r}")
+    y = y.to(dtype)
+    return y[0, 0] if t.dim() == 2 else y[0]
+
+
+def random_scale_crop(image: torch.Tensor, maps: Dict[str, torch.Tensor], scales: Sequence[float]):
+    """Zoom into a random window, as the survey's and MTAN's random scaling.
+
+    A scale s is drawn from ``scales`` and a window of int(H / s) x int(W / s) at a uniformly
+    random position is resized back to H x W (image bilinear, every map nearest), so the
+    output is the input enlarged s times and cropped. Draws use torch's global generator (it
+    follows ``torch.manual_seed`` and a DataLoader's per-worker seeds).
+
+    Returns (image, maps, s, (fy, fx)); fy = H / h and fx = W / w are the exact zoom factors.
+    The caller rescales values: metric depth / s (the scene comes s times closer), disparity
+    * s, pixel offsets * (fy, fx). Normals and labels keep their values.
+    """
+    s = float(scales[int(torch.randint(len(scales), ()))]) if len(scales) > 1 else float(scales[0])
+    H, W = image.shape[-2:]
+    h, w = max(1, int(H / s)), max(1, int(W / s))
+    if (h, w) == (H, W):
+        return image, dict(maps), s, (1.0, 1.0)
+    i = int(torch.randint(H - h + 1, ()))
+    j = int(torch.randint(W - w + 1, ()))
+    image = resize_map(image[:, i:i + h, j:j + w], (H, W), "bilinear")
+    out = {k: resize_map(m[..., i:i + h, j:j + w], (H, W), "nearest") for k, m in maps.items()}
+    return image, out, s, (H / h, W / w)
+
+
+def hflip(image: torch.Tensor, maps: Dict[str, torch.Tensor]):
+    """Mirror the image and every dense map left-right (callers negate x components)."""
+    return image.flip(-1), {k: m.flip(-1) for k, m in maps.items()}
+
+
+def pad_random_crop(image: torch.Tensor, padding: int) -> torch.Tensor:
+    """The "random crop with padding" of image classification (e.g. CIFAR's 32 + pad 4): pad
+    [C, H, W] with ``padding`` zeros on every side and cut a random H x W window (torch's
+    global generator, like ``random_scale_crop``). ``padding`` 0 returns the image."""
+    if padding <= 0:
+        return image
+    h, w = image.shape[-2:]
+    i, j = (int(v) for v in torch.randint(2 * padding + 1, (2,)))
+    return torch.nn.functional.pad(image, (padding,) * 4)[..., i:i + h, j:j + w]

@@ -260,6 +260,22 @@ class SyntheticScenes(torch.utils.data.Dataset):
               f"{final} in {time.perf_counter() - t0:.1f}s")
         return final
 
+    @classmethod
+    def check(cls, root: Optional[str] = None, **params) -> Dict:
+        """``mtl data check``: render the cache unless complete, then summarise its splits.
+
+        ``prepare``'s one progress line goes to stderr here, so stdout stays pure JSON.
+        """
+        import contextlib
+        import sys
+
+        from trainables.datasets.common import summarize
+
+        with contextlib.redirect_stdout(sys.stderr):
+            path = cls.prepare(root, **params)
+        summary = summarize(lambda split: cls(root, split, list(TASK_NAMES), **params), SPLITS)
+        return {**summary, "cache": path}
+
     def __init__(self, root: Optional[str], split: str, tasks: Sequence[str],
                  augment: bool = False, **params):
         if split not in SPLITS:

@@ -3,6 +3,8 @@
 Importing this package registers every built-in task type in ``TASKS``.
 """
 from trainables.tasks import depth, edge, normals, scene, semseg  # noqa: F401
+from trainables.tasks import attribute, dense_l1, human_parts, keypoints, saliency  # noqa: F401
+from trainables.tasks import instance_center  # noqa: F401
 from trainables.tasks.base import Task
 
 __all__ = ["Task"]

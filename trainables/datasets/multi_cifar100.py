@@ -1,0 +1,229 @@
+"""Multi-task CIFAR-100: 20 five-way tasks, one per superclass (Auto-Lambda's benchmark).
+
+Liu, Johns and Davison, "Auto-Lambda: Disentangling Dynamic Task Relationships", TMLR 2022:
+CIFAR-100 (Krizhevsky, 2009) split into 20 tasks, task k classifying the 5 fine classes of
+superclass k; every image belongs to exactly one task. Read from the official python files
+in torchvision's layout (pickles with byte keys, ``pickle.load(encoding="bytes")``):
+
+    <root>/cifar-100-python/train   b'data' uint8 [50000, 3072] (R, G, B planes of 32 x 32),
+    <root>/cifar-100-python/test    b'fine_labels' [N] in 0..99, b'coarse_labels' [N] in 0..19
+    <root>/cifar-100-python/meta    b'fine_label_names' (100), b'coarse_label_names' (20)
+
+Tasks: "task_00" .. "task_19" = superclass 0 .. 19, each TaskSpec("scene", {"num_classes": 5})
+(image-level cross-entropy, top-1 accuracy - ``scene`` is the repository's generic image
+classifier). The fine -> (task, class) mapping: task = the image's coarse label; class = the
+rank of its fine label among the sorted fine ids of that superclass (e.g. fine ids 4, 30, 55,
+72, 95 of superclass 0 become classes 0..4). It is derived from the file being read, which
+must hold exactly 5 fine ids per superclass and one superclass per fine id. A sample's target
+is that class with mask True for its own task, and 0 with mask False for the 19 others, so a
+batch mixes tasks and each task's loss sees only its images (Auto-Lambda instead draws one
+batch per task).
+
+Splits: "train" / "val" = seeded hold-out of the official train file (``val_fraction``),
+"test" = the official test file. Images: CIFAR-100 mean / std. Augmentation
+(``augment=True``): random 32 x 32 crop of the image zero-padded by 4 and a horizontal flip.
+Default batch sizes (32, 64, 128) are our choice (the survey grid has none for this set).
+"""
+from __future__ import annotations
+
+import functools
+import os
+import pickle
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from trainables.datasets import common
+from trainables.datasets.base import SPLITS, DatasetInfo, TaskSpec
+from trainables.registry import register_dataset
+
+N_TASKS, N_WAY, N_FINE = 20, 5, 100
+TASK_NAMES = tuple(f"task_{k:02d}" for k in range(N_TASKS))
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+
+
+@dataclass(frozen=True)
+class MultiCifar100Params:
+    """Parameters of the ``multi_cifar100`` loader.
+
+    Attributes:
+        val_fraction / seed: the seeded hold-out of the official train file as "val".
+        max_samples: keep only the first N samples of each split (smoke runs); None keeps all.
+        crop_padding: zero padding of the random 32 x 32 crop when augmenting (0 = no crop).
+        flip: random horizontal flips when augmenting.
+    """
+
+    val_fraction: float = 0.1
+    seed: int = 0
+    max_samples: Optional[int] = None
+    crop_padding: int = 4
+    flip: bool = True
+
+    def __post_init__(self) -> None:
+        d, v = "multi_cifar100", self.val_fraction
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
+            raise ValueError(f"{d}: val_fraction must be a float in (0, 1), got {v!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"{d}: seed must be a non-negative int, got {self.seed!r}")
+        m = self.max_samples
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
+            raise ValueError(f"{d}: max_samples must be a positive int or null, got {m!r}")
+        c = self.crop_padding
+        if isinstance(c, bool) or not isinstance(c, int) or c < 0:
+            raise ValueError(f"{d}: crop_padding must be an int >= 0, got {c!r}")
+        if not isinstance(self.flip, bool):
+            raise ValueError(f"{d}: flip must be a bool, got {self.flip!r}")
+
+
+def _unpickle(path: str) -> dict:
+    try:
+        with open(path, "rb") as fh:
+            data = pickle.load(fh, encoding="bytes")
+    except FileNotFoundError:
+        raise common.DataCheckError(path, "missing file (CIFAR-100 python version)") from None
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as err:
+        raise common.DataCheckError(path, f"not a readable CIFAR-100 pickle ({type(err).__name__}: {err})") from None
+    if not isinstance(data, dict):
+        raise common.DataCheckError(path, f"a pickled dict expected, found {type(data).__name__}")
+    return data
+
+
+def task_mapping(fine: np.ndarray, coarse: np.ndarray, path: str) -> Tuple[np.ndarray, np.ndarray]:
+    """(task of each fine id, class of each fine id), both int64 [100] (see the docstring)."""
+    pairs = np.unique(np.stack([fine, coarse], 1), axis=0)
+    task, cls = np.full(N_FINE, -1, np.int64), np.full(N_FINE, -1, np.int64)
+    for f, c in pairs:
+        if task[f] >= 0:
+            raise common.DataCheckError(path, f"one superclass per fine label expected; fine {f} has {task[f]} and {c}")
+        task[f] = c
+    for c in range(N_TASKS):
+        members = np.flatnonzero(task == c)  # sorted fine ids
+        if len(members) != N_WAY:
+            raise common.DataCheckError(path, f"{N_WAY} fine labels per superclass expected; superclass {c} has "
+                                              f"{len(members)} ({members.tolist()})")
+        cls[members] = np.arange(N_WAY)
+    return task, cls
+
+
+@functools.lru_cache(maxsize=2)
+def read_file(path: str, stamp: int) -> Dict[str, np.ndarray]:
+    """A train / test file as {"images": uint8 [N, 32, 32, 3], "task", "cls": int64 [N]}, with
+    format checks. ``stamp`` (the mtime) keys the cache shared by the train and val splits."""
+    data = _unpickle(path)
+    missing = [k for k in (b"data", b"fine_labels", b"coarse_labels") if k not in data]
+    if missing:
+        raise common.DataCheckError(path, f"keys b'data', b'fine_labels', b'coarse_labels' expected; missing {missing}")
+    x = np.asarray(data[b"data"])
+    if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072 or not len(x):
+        raise common.DataCheckError(path, f"b'data' uint8 [N, 3072] expected, found {x.dtype} {x.shape}")
+    labels = {}
+    for key, hi in ((b"fine_labels", N_FINE), (b"coarse_labels", N_TASKS)):
+        a = np.asarray(data[key])
+        if a.shape != (len(x),) or not np.issubdtype(a.dtype, np.integer):
+            raise common.DataCheckError(path, f"{key!r}: {len(x)} integer labels expected, found {a.dtype} {a.shape}")
+        common.check_range(path, a, f"{key.decode()} in 0..{hi - 1}", (a >= 0) & (a < hi))
+        labels[key] = a.astype(np.int64)
+    task, cls = task_mapping(labels[b"fine_labels"], labels[b"coarse_labels"], path)
+    fine = labels[b"fine_labels"]
+    return {"images": x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), "task": task[fine], "cls": cls[fine]}
+
+
+def load(root: str, name: str) -> Dict[str, np.ndarray]:
+    base = common.require_dir(os.path.join(root, "cifar-100-python"), "CIFAR-100 folder <root>/cifar-100-python")
+    path = common.require_file(os.path.join(base, name), f"CIFAR-100 {name} file")
+    return read_file(path, os.stat(path).st_mtime_ns)
+
+
+def verify(root: str) -> Dict[str, str]:
+    """Both data files (decoded whole) and the meta file; returns task -> superclass name."""
+    for name in ("train", "test"):
+        load(root, name)
+    path = os.path.join(root, "cifar-100-python", "meta")
+    meta = _unpickle(path)
+    fine, coarse = (list(meta.get(k, [])) for k in (b"fine_label_names", b"coarse_label_names"))
+    if len(fine) != N_FINE or len(coarse) != N_TASKS:
+        raise common.DataCheckError(path, f"100 b'fine_label_names' and 20 b'coarse_label_names' expected, "
+                                          f"found {len(fine)} and {len(coarse)}")
+    return {t: c.decode() if isinstance(c, bytes) else str(c) for t, c in zip(TASK_NAMES, coarse)}
+
+
+@register_dataset("multi_cifar100")
+class MultiCifar100(torch.utils.data.Dataset):
+    """Multi-task CIFAR-100: 20 five-way superclass tasks, one labelled task per image.
+
+    Args:
+        root: the folder holding ``cifar-100-python/`` (torchvision's ``root``).
+        split: "train" / "val" (seeded hold-out of the train file) or "test".
+        tasks: a subset of TASK_NAMES.
+        augment: random padded crops and horizontal flips.
+        **params: MultiCifar100Params fields.
+    """
+
+    SMOKE_PARAMS = {"max_samples": 256}
+
+    @classmethod
+    def describe(cls, **params) -> DatasetInfo:
+        common.params_from_kwargs(MultiCifar100Params, "multi_cifar100", params)
+        return DatasetInfo(
+            name="multi_cifar100",
+            tasks={t: TaskSpec("scene", {"num_classes": N_WAY}) for t in TASK_NAMES},
+            input_size=(32, 32),
+            default_batch_sizes=(32, 64, 128),
+            notes="CIFAR-100 as 20 five-way superclass tasks (Auto-Lambda); one task labelled per image",
+        )
+
+    @classmethod
+    def prepare(cls, root: Optional[str], **params) -> Optional[str]:
+        """Checks before a study: the three files, decoded whole (they are small)."""
+        common.params_from_kwargs(MultiCifar100Params, "multi_cifar100", params)
+        verify(_root(root))
+        return None
+
+    @classmethod
+    def check(cls, root: Optional[str], **params) -> Dict:
+        """``mtl data check``: verify the files, then summarise (plus each task's superclass)."""
+        common.params_from_kwargs(MultiCifar100Params, "multi_cifar100", params)
+        superclasses = verify(_root(root))
+        summary = common.summarize(lambda split: cls(root, split, list(TASK_NAMES), **params), SPLITS)
+        return {**summary, "superclasses": superclasses}
+
+    def __init__(self, root: Optional[str], split: str, tasks: Sequence[str], augment: bool = False, **params):
+        if split not in SPLITS:
+            raise ValueError(f"multi_cifar100: unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+        tasks = [tasks] if isinstance(tasks, str) else list(dict.fromkeys(tasks))
+        bad = [t for t in tasks if t not in TASK_NAMES]
+        if bad:
+            raise ValueError(f"multi_cifar100: unknown task(s) {bad}; valid tasks: {', '.join(TASK_NAMES)}")
+        self.params = p = common.params_from_kwargs(MultiCifar100Params, "multi_cifar100", params)
+        self.root, self.split, self.tasks, self.augment = _root(root), split, tasks, bool(augment)
+        self.data = load(self.root, "test" if split == "test" else "train")
+        positions = list(range(len(self.data["task"])))
+        if split != "test":
+            positions = common.holdout_split(positions, split, p.val_fraction, p.seed)
+        # source_indices: each item's row in its official file (partial-label files index it)
+        self.source_indices = positions[: p.max_samples] if p.max_samples else positions
+        self.task_ids = [TASK_NAMES.index(t) for t in tasks]
+
+    def __len__(self) -> int:
+        return len(self.source_indices)
+
+    def __getitem__(self, i: int) -> Dict[str, object]:
+        j, p = self.source_indices[i], self.params
+        image = torch.from_numpy(self.data["images"][j].copy()).permute(2, 0, 1).float() / 255.0
+        if self.augment:
+            image = common.pad_random_crop(image, p.crop_padding)
+            if p.flip and bool(torch.rand(()) < 0.5):
+                image = image.flip(-1)
+        image = (image - torch.tensor(CIFAR100_MEAN).view(3, 1, 1)) / torch.tensor(CIFAR100_STD).view(3, 1, 1)
+        own, cls = int(self.data["task"][j]), int(self.data["cls"][j])
+        return {"image": image.contiguous(),
+                "targets": {t: torch.tensor(cls if k == own else 0, dtype=torch.long) for t, k in zip(self.tasks, self.task_ids)},
+                "mask": {t: torch.tensor(k == own) for t, k in zip(self.tasks, self.task_ids)}}
+
+
+def _root(root: Optional[str]) -> str:
+    if root is None:
+        raise common.DataCheckError("<no root>", "the folder holding cifar-100-python/ (--data-root / dataset.root)")
+    return root

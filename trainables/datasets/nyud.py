@@ -1,0 +1,253 @@
+"""NYUD-v2 in the layout of the survey's code (``NYUD_MT``): semseg, depth, normals, edge.
+
+Survey: Vandenhende et al., "Multi-Task Learning for Dense Prediction Tasks: A Survey", TPAMI
+2021, Sec. 4.1.1 and supp. B.1 (795 train / 654 val images at 480 x 640; ResNet-50 dilated +
+ASPP; random scaling in {1, 1.2, 1.5} and horizontal flips); the data is the NYUD_MT folder of
+the survey's repository (SimonVandenhende/Multi-Task-Learning-PyTorch):
+
+    <root>/gt_sets/train.txt, val.txt   one image id per line
+    <root>/images/<id>.jpg              RGB
+    <root>/segmentation/<id>.png        uint8; 0 = void -> ignore 255, 1..40 -> classes 0..39
+    <root>/depth/<id>.npy               metres, H x W or H x W x 1 (both accepted); 0 = invalid
+    <root>/normals/<id>.npy             H x W x 3 in [-1, 1]; the zero vector = invalid
+    <root>/edge/<id>.npy                {0, 1}, H x W (H x W x 1 accepted)
+
+Served targets follow trainables/tasks: semseg LongTensor [H, W]; depth [1, H, W]; normals
+[3, H, W] renormalised to unit length (zero vectors stay zero = invalid); edge [1, H, W].
+Images: ImageNet mean / std, as the survey's ImageNet-pretrained ResNets expect.
+
+Splits: the survey's code selects its best model on ``val``, which is also its test set (a
+known defect). Here "val" is a seeded hold-out of the official train list
+(``common.holdout_split``, ``val_fraction``) and the official val list is served as "test".
+
+Augmentation (``augment=True``, the train split), as supp. B.1: zoom by s in ``scales`` (enlarge
+s times - image bilinear, maps nearest - and crop back to H x W; depth divided by s, since the
+scene comes s times closer) and a horizontal flip with probability 1/2 (negating the normals'
+x component). Nearest for normals, unlike bilinear in some codes, so invalid zeros never blend.
+
+Checks (``prepare`` before a study, ``check`` for ``mtl data check``): both id lists, every
+folder, every file's existence; then decoding with range checks (semseg <= 40, depth finite
+and >= 0, normals finite in [-1, 1], edge in {0, 1}, every map the size of its image, every
+image the size of the first or of ``image_size``). ``check`` decodes every sample of a list
+of <= 200 ids and 200 evenly spaced ones of a longer list (NYUD: 400 samples, ~10 ms each);
+``prepare`` decodes the first and last of each list.
+
+Params (``NYUDParams``): image_size, val_fraction, seed, max_samples, scales, flip.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from trainables.datasets import common
+from trainables.datasets.base import SPLITS, DatasetInfo, TaskSpec
+from trainables.registry import register_dataset
+
+TASK_NAMES = ("semseg", "depth", "normals", "edge")
+N_CLASSES = 40
+DEFAULT_SIZE = (480, 640)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CHECK_DECODE = 200  # check decodes every sample of a list up to this length, else this many
+# file kind -> (folder, extension)
+FILES = {"image": ("images", ".jpg"), "semseg": ("segmentation", ".png"), "depth": ("depth", ".npy"),
+         "normals": ("normals", ".npy"), "edge": ("edge", ".npy")}
+
+
+@dataclass(frozen=True)
+class NYUDParams:
+    """Parameters of the ``nyud`` loader.
+
+    Attributes:
+        image_size: expected [H, W] of every file; None: the size of the first image
+            (480 x 640 on NYUD-v2), every other file must match it.
+        val_fraction: share of the official train list held out as "val" (0 < f < 1).
+        seed: seed of that hold-out.
+        max_samples: keep only the first N samples of each split (smoke runs); None keeps all.
+        scales: zoom factors of the random scaling (each in [1, 4]).
+        flip: random horizontal flips when augmenting.
+    """
+
+    image_size: Optional[Tuple[int, int]] = None
+    val_fraction: float = 0.1
+    seed: int = 0
+    max_samples: Optional[int] = None
+    scales: Tuple[float, ...] = (1.0, 1.2, 1.5)
+    flip: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "image_size", common.as_size("nyud", "image_size", self.image_size))
+        common.check_common_params("nyud", self)
+
+
+def official_ids(root: str, list_name: str) -> List[str]:
+    """The ids of ``gt_sets/<list_name>.txt`` ("train" or "val")."""
+    common.require_dir(root, "NYUD_MT root")
+    path = os.path.join(common.require_dir(os.path.join(root, "gt_sets"), "id lists"), f"{list_name}.txt")
+    ids = common.read_id_list(path)
+    if len(set(ids)) != len(ids):
+        raise common.DataCheckError(path, "each id at most once; found duplicates")
+    return ids
+
+
+def paths(root: str, sample_id: str) -> Dict[str, str]:
+    return {k: os.path.join(root, folder, sample_id + ext) for k, (folder, ext) in FILES.items()}
+
+
+def read_sample(files: Dict[str, str], kinds: Sequence[str], size: Optional[Tuple[int, int]]) -> Dict[str, np.ndarray]:
+    """Decode the ``kinds`` of one sample with format and range checks (errors name the file)."""
+    image = common.read_image(files["image"], "RGB")
+    if size is not None and image.shape[:2] != tuple(size):
+        raise common.DataCheckError(files["image"], f"image of {size[0]}x{size[1]} expected, found "
+                                                    f"{image.shape[0]}x{image.shape[1]}")
+    h, w = image.shape[:2]
+    out = {"image": image}
+    for kind in kinds:
+        path = files[kind]
+        if kind == "semseg":
+            a = common.read_image(path, "raw")
+            if a.ndim != 2 or a.dtype != np.uint8:
+                raise common.DataCheckError(path, f"single-channel uint8 label png expected, found {a.dtype} {a.shape}")
+            common.check_range(path, a, f"in 0..{N_CLASSES} (0 = void)", a <= N_CLASSES)
+        else:
+            a = common.read_npy(path)
+            if kind in ("depth", "edge") and a.ndim == 3 and a.shape[2] == 1:
+                a = a[..., 0]
+            channels = 3 if kind == "normals" else None
+            if a.ndim != (3 if channels else 2) or (channels and a.shape[2] != channels):
+                raise common.DataCheckError(path, f"array of shape {'H x W x 3' if channels else 'H x W'} expected, found {a.shape}")
+            if not np.issubdtype(a.dtype, np.number):
+                raise common.DataCheckError(path, f"numeric array expected, found {a.dtype}")
+            a = a.astype(np.float32)
+            if kind == "depth":
+                common.check_range(path, a, "finite metres >= 0", np.isfinite(a) & (a >= 0))
+            elif kind == "normals":
+                common.check_range(path, a, "finite components in [-1, 1]", np.isfinite(a) & (np.abs(a) <= 1 + 1e-3))
+            else:
+                common.check_range(path, a, "0 or 1", (a == 0) | (a == 1))
+        if a.shape[:2] != (h, w):
+            raise common.DataCheckError(path, f"{h}x{w} like its image expected, found {a.shape[0]}x{a.shape[1]}")
+        out[kind] = a
+    return out
+
+
+def verify(root: str, p: NYUDParams, decode: Optional[int]) -> Dict[str, int]:
+    """Folders, id lists, existence of every file, and decoding of ``decode`` samples per list
+    (None: all). Returns {"files": n_checked, "decoded": n_decoded}."""
+    for folder, _ in FILES.values():
+        common.require_dir(os.path.join(root, folder), f"NYUD_MT {folder}")
+    size, n_files, n_decoded = p.image_size, 0, 0
+    for list_name in ("train", "val"):
+        ids = official_ids(root, list_name)
+        for sample_id in ids:
+            for kind, path in paths(root, sample_id).items():
+                common.require_file(path, f"{kind} of id {sample_id!r} in gt_sets/{list_name}.txt")
+                n_files += 1
+        for i in common.decode_sample(len(ids), decode):
+            arrays = read_sample(paths(root, ids[i]), TASK_NAMES, size)
+            size = size or arrays["image"].shape[:2]
+            n_decoded += 1
+    return {"files": n_files, "decoded": n_decoded}
+
+
+@register_dataset("nyud")
+class NYUD(torch.utils.data.Dataset):
+    """NYUD-v2 (survey layout): 40-class semseg, depth, normals, edge at 480 x 640.
+
+    Args:
+        root: the NYUD_MT folder.
+        split: "train" / "val" (seeded hold-out of the official train list) or "test"
+            (the official val list).
+        tasks: a subset of TASK_NAMES.
+        augment: random scaling and flips (see the module docstring).
+        **params: NYUDParams fields.
+    """
+
+    SMOKE_PARAMS = {"max_samples": 8}
+
+    @classmethod
+    def describe(cls, **params) -> DatasetInfo:
+        p = common.params_from_kwargs(NYUDParams, "nyud", params)
+        return DatasetInfo(
+            name="nyud",
+            tasks={"semseg": TaskSpec("semseg", {"num_classes": N_CLASSES}), "depth": TaskSpec("depth", {}),
+                   "normals": TaskSpec("normals", {}), "edge": TaskSpec("edge", {})},
+            input_size=p.image_size or DEFAULT_SIZE,
+            default_batch_sizes=(4, 6, 8),
+            notes="NYUD-v2 (survey NYUD_MT layout): 795 train / 654 val served as test; 40 classes",
+        )
+
+    @classmethod
+    def prepare(cls, root: Optional[str], **params) -> Optional[str]:
+        """Cheap checks before a study: structure, id lists, files, two decoded samples per list."""
+        p = common.params_from_kwargs(NYUDParams, "nyud", params)
+        if root is None:
+            raise common.DataCheckError("<no root>", "the NYUD_MT folder (--data-root / dataset.root)")
+        verify(root, p, decode=2)
+        return None
+
+    @classmethod
+    def check(cls, root: Optional[str], **params) -> Dict:
+        """``mtl data check``: verify the files (see the module docstring), then summarise."""
+        p = common.params_from_kwargs(NYUDParams, "nyud", params)
+        if root is None:
+            raise common.DataCheckError("<no root>", "the NYUD_MT folder (--root)")
+        counts = verify(root, p, decode=CHECK_DECODE)
+        summary = common.summarize(lambda split: cls(root, split, list(TASK_NAMES), **params), SPLITS)
+        return {**summary, "checked": counts}
+
+    def __init__(self, root: Optional[str], split: str, tasks: Sequence[str], augment: bool = False, **params):
+        if split not in SPLITS:
+            raise ValueError(f"nyud: unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+        tasks = [tasks] if isinstance(tasks, str) else list(dict.fromkeys(tasks))
+        bad = [t for t in tasks if t not in TASK_NAMES]
+        if bad:
+            raise ValueError(f"nyud: unknown task(s) {bad}; valid tasks: {', '.join(TASK_NAMES)}")
+        if root is None:
+            raise common.DataCheckError("<no root>", "the NYUD_MT folder (dataset.root)")
+        self.params = p = common.params_from_kwargs(NYUDParams, "nyud", params)
+        self.root, self.split, self.tasks, self.augment = root, split, tasks, bool(augment)
+        ids = official_ids(root, "val" if split == "test" else "train")
+        positions = list(range(len(ids)))
+        if split != "test":
+            positions = common.holdout_split(positions, split, p.val_fraction, p.seed)
+        # source_indices: each item's row in its official list (partial-label files index it)
+        self.source_indices = positions[: p.max_samples] if p.max_samples else positions
+        self.ids = [ids[i] for i in self.source_indices]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> Dict[str, object]:
+        a = read_sample(paths(self.root, self.ids[i]), self.tasks, self.params.image_size)
+        image = common.normalize_image(a["image"], IMAGENET_MEAN, IMAGENET_STD)
+        targets: Dict[str, torch.Tensor] = {}
+        for task in self.tasks:
+            if task == "semseg":
+                seg = a["semseg"].astype(np.int64) - 1
+                seg[seg < 0] = 255
+                targets[task] = torch.from_numpy(seg)
+            elif task == "normals":
+                n = torch.from_numpy(a["normals"]).permute(2, 0, 1)
+                norm = n.norm(dim=0, keepdim=True)
+                targets[task] = torch.where(norm > 0, n / norm.clamp_min(1e-12), torch.zeros_like(n))
+            else:  # depth, edge
+                targets[task] = torch.from_numpy(a[task])[None]
+        if self.augment:
+            image, targets = self._augment(image, targets)
+        return {"image": image.contiguous(), "targets": {k: v.contiguous() for k, v in targets.items()},
+                "mask": {t: torch.tensor(True) for t in self.tasks}}
+
+    def _augment(self, image: torch.Tensor, targets: Dict[str, torch.Tensor]):
+        image, targets, s, _ = common.random_scale_crop(image, targets, self.params.scales)
+        if "depth" in targets and s != 1.0:
+            targets["depth"] = targets["depth"] / s
+        if self.params.flip and bool(torch.rand(()) < 0.5):
+            image, targets = common.hflip(image, targets)
+            if "normals" in targets:
+                targets["normals"] = targets["normals"] * torch.tensor([-1.0, 1.0, 1.0]).view(3, 1, 1)
+        return image, targets

@@ -1,0 +1,447 @@
+"""PASCAL-Context in the survey code's PASCAL_MT layout: semseg, parts, saliency, normals, edge.
+
+Survey: Vandenhende et al., TPAMI 2021, Sec. 4.1.1, Tables 8-9; the PASCAL_MT archive of its
+code (from ASTMT, Maninis et al., CVPR 2019; 4,998 train / 5,105 val). ``root`` holds:
+
+    ImageSets/Context/{train,val}.txt   one image id per line
+    JPEGImages/<id>.jpg                 RGB
+    semseg/VOC12/<id>.png               one-channel labels 0..20, 255 = ignore
+    semseg/pascal-context/<id>.png      the same, for ids without a VOC12 file
+    human_parts/<id>.mat                PASCAL-Part annotation (below)
+    normals_distill/<id>.png            RGB, n = 2 x / 255 - 1 (distilled)
+    sal_distill/<id>.png                grey, salient iff x / 255 > 0.5 (distilled)
+    pascal-context/trainval/<id>.mat    ``LabelMap``: the 459-class context labels
+
+Targets (trainables/tasks formats):
+    semseg       LongTensor [H, W]; ``semseg_source`` "auto" (the survey code's rule: VOC12 if
+                 that file exists, else pascal-context), "voc12" or "pascal_context".
+    human_parts  LongTensor [H, W] in 0..6 from ``loadmat(squeeze_me=True,
+                 struct_as_record=False)["anno"]``, relying on: ``anno.objects`` (a struct or
+                 an array of them) with ``class_ind`` (15 = person) and ``parts`` (empty, a
+                 struct or an array) with ``part_name`` and ``mask`` [H, W]. Every part of
+                 every person is painted in file order (later parts overwrite) with the survey
+                 code's grouping PART_GROUPS (head, torso, upper / lower arms, upper / lower
+                 legs); other pixels are background 0. No person with parts: mask False.
+    saliency     FloatTensor [1, H, W] in {0, 1}.
+    normals      FloatTensor [3, H, W], all-zero = invalid. The survey code also zeroes normals
+                 outside the context classes that exist in NYUD (from two JSON tables of its
+                 repository, not shipped): pass those LabelMap ids as ``normals_valid_labels``.
+    edge         FloatTensor [1, H, W] in {0, 1}, the survey code's rule on ``LabelMap``: an
+                 edge iff the 4-neighbour Laplacian sum(neighbours) - 4 * label is non-zero
+                 (borders reflected as OpenCV's default), i.e. both sides of a boundary (2 px
+                 wide), then thinned to 1 px (``edge_thin``) by Zhang & Suen's algorithm (CACM
+                 1984) where the survey uses scikit-image's ``thin`` (they can differ on a few
+                 junction pixels). Computed at the file's resolution, then resized.
+Images: ImageNet mean / std. Every map is resized to ``image_size`` (default 512 x 512, the
+survey code's): image and normals bilinear (normals renormalised), labels nearest.
+
+Splits: "train" / "val" = seeded hold-out of the official train list (``val_fraction``),
+"test" = the official val list (on which the survey code also selects - a known defect).
+
+Augmentation (``augment=True``; the survey code's transforms): rotation by a uniform angle in
+[-rotation, rotation] degrees and scaling by a uniform factor in ``scale_range`` about the
+centre (normals rotated in-plane with the image, as the survey code), then a horizontal flip
+with probability 1/2 (normals x negated). Pixels from outside the image are ignored (255 /
+zero normals); the survey code pads labels with 0 (background) instead.
+
+Checks: id lists, folders, every file of both lists; decoding with range checks (semseg 0..20
+or 255, maps the size of their image, known part names) of every sample of a list of <= 200
+ids, else 200 evenly spaced ones (``prepare``: the first and last of each list).
+The survey code's fixed loss weights: SURVEY_LOSS_WEIGHTS.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from trainables.datasets import common
+from trainables.datasets.base import SPLITS, DatasetInfo, TaskSpec
+from trainables.registry import register_dataset
+
+TASK_NAMES = ("semseg", "human_parts", "saliency", "normals", "edge")
+N_CLASSES, N_PARTS, PERSON_CLASS = 21, 7, 15
+SURVEY_LOSS_WEIGHTS = {"semseg": 1.0, "human_parts": 2.0, "saliency": 5.0, "edge": 50.0, "normals": 10.0}
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CHECK_DECODE = 200
+SEMSEG_DIRS = {"voc12": "VOC12", "pascal_context": "pascal-context"}
+# The survey code's 6-part grouping of PASCAL-Part person parts (0 = background).
+_GROUPS = {1: "hair head lear lebrow leye mouth nose rear rebrow reye", 2: "neck torso",
+           3: "luarm ruarm", 4: "lhand llarm rhand rlarm", 5: "luleg ruleg", 6: "lfoot llleg rfoot rlleg"}
+PART_GROUPS = {part: g for g, names in _GROUPS.items() for part in names.split()}
+FOLDERS = ("JPEGImages", "human_parts", "normals_distill", "sal_distill", os.path.join("pascal-context", "trainval"))
+
+
+@dataclass(frozen=True)
+class PascalContextParams:
+    """Parameters of the ``pascal_context`` loader.
+
+    Attributes:
+        image_size: [H, W] every sample is resized to (the survey code: 512 x 512).
+        semseg_source: "auto" (VOC12 file if present, else pascal-context), "voc12" or
+            "pascal_context".
+        val_fraction / seed: the seeded hold-out of the official train list as "val".
+        max_samples: keep only the first N samples of each split (smoke runs); None keeps all.
+        rotation: maximum |angle| in degrees of the random rotation (survey code: 20).
+        scale_range: [lo, hi] of the uniform random scale (survey code: [0.75, 1.25]).
+        flip: random horizontal flips when augmenting.
+        edge_thin: thin the 2-px label boundaries to 1 px (the survey code does).
+        normals_valid_labels: LabelMap ids where normals are kept (None: everywhere).
+    """
+
+    image_size: Tuple[int, int] = (512, 512)
+    semseg_source: str = "auto"
+    val_fraction: float = 0.1
+    seed: int = 0
+    max_samples: Optional[int] = None
+    rotation: float = 20.0
+    scale_range: Tuple[float, float] = (0.75, 1.25)
+    flip: bool = True
+    edge_thin: bool = True
+    normals_valid_labels: Optional[Tuple[int, ...]] = None
+
+    def __post_init__(self) -> None:
+        s, ids = self.scale_range, self.normals_valid_labels
+        checks = [  # (field, valid?, what it must be)
+            ("semseg_source", self.semseg_source in ("auto", *SEMSEG_DIRS), "'auto', 'voc12' or 'pascal_context'"),
+            ("val_fraction", _num(self.val_fraction) and 0 < self.val_fraction < 1, "a float in (0, 1)"),
+            ("seed", _int(self.seed) and self.seed >= 0, "a non-negative int"),
+            ("max_samples", self.max_samples is None or _int(self.max_samples) and self.max_samples >= 1,
+             "a positive int or null"),
+            ("rotation", _num(self.rotation) and 0 <= self.rotation <= 180, "a number of degrees in [0, 180]"),
+            ("scale_range", isinstance(s, (list, tuple)) and len(s) == 2 and all(map(_num, s)) and 0 < s[0] <= s[1] <= 4,
+             "[lo, hi] with 0 < lo <= hi <= 4"),
+            ("flip", isinstance(self.flip, bool), "a bool"),
+            ("edge_thin", isinstance(self.edge_thin, bool), "a bool"),
+            ("normals_valid_labels", ids is None or isinstance(ids, (list, tuple)) and all(map(_int, ids)),
+             "a list of LabelMap ids or null"),
+        ]
+        for field, ok, what in checks:
+            if not ok:
+                raise ValueError(f"pascal_context: {field} must be {what}, got {getattr(self, field)!r}")
+        size = common.as_size("pascal_context", "image_size", self.image_size, allow_none=False)
+        object.__setattr__(self, "image_size", size)
+        object.__setattr__(self, "scale_range", (float(s[0]), float(s[1])))
+        object.__setattr__(self, "normals_valid_labels", None if ids is None else tuple(ids))
+
+
+def _num(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+# --------------------------------------------------------------------------------- readers
+def official_ids(root: str, list_name: str) -> List[str]:
+    """The ids of ``ImageSets/Context/<list_name>.txt`` ("train" or "val")."""
+    common.require_dir(root, "PASCAL_MT root")
+    folder = common.require_dir(os.path.join(root, "ImageSets", "Context"), "id lists")
+    path = os.path.join(folder, f"{list_name}.txt")
+    ids = common.read_id_list(path)
+    if len(set(ids)) != len(ids):
+        raise common.DataCheckError(path, "each id at most once; found duplicates")
+    return ids
+
+
+def paths(root: str, sample_id: str, semseg_source: str) -> Dict[str, str]:
+    """File of each kind of one sample ("labelmap" = the context LabelMap .mat)."""
+    if semseg_source == "auto":
+        voc = os.path.join(root, "semseg", "VOC12", sample_id + ".png")
+        seg = voc if os.path.isfile(voc) else os.path.join(root, "semseg", "pascal-context", sample_id + ".png")
+    else:
+        seg = os.path.join(root, "semseg", SEMSEG_DIRS[semseg_source], sample_id + ".png")
+    return {"image": os.path.join(root, "JPEGImages", sample_id + ".jpg"), "semseg": seg,
+            "human_parts": os.path.join(root, "human_parts", sample_id + ".mat"),
+            "normals": os.path.join(root, "normals_distill", sample_id + ".png"),
+            "saliency": os.path.join(root, "sal_distill", sample_id + ".png"),
+            "labelmap": os.path.join(root, "pascal-context", "trainval", sample_id + ".mat")}
+
+
+def _structs(x, path: str, what: str) -> list:
+    """A loadmat(squeeze_me=True) struct field as a list: one struct, an array of them, or empty."""
+    from scipy.io.matlab import mat_struct
+
+    if isinstance(x, mat_struct):
+        return [x]
+    if isinstance(x, np.ndarray) and all(isinstance(e, mat_struct) for e in x.ravel()):
+        return list(x.ravel())
+    raise common.DataCheckError(path, f"{what}: a struct (array) expected, found {type(x).__name__}")
+
+
+def read_human_parts(path: str) -> Optional[np.ndarray]:
+    """The 0..6 part map of ``path`` (see the module docstring), or None without a person."""
+    from scipy.io import loadmat
+
+    try:
+        anno = loadmat(path, squeeze_me=True, struct_as_record=False)["anno"]
+        objects = _structs(anno.objects, path, "anno.objects")
+        persons = [(o, _structs(o.parts, path, "anno.objects.parts")) for o in objects
+                   if int(o.class_ind) == PERSON_CLASS]
+    except (OSError, ValueError, NotImplementedError, KeyError, AttributeError, TypeError) as err:
+        if isinstance(err, common.DataCheckError):
+            raise
+        raise common.DataCheckError(path, f"PASCAL-Part .mat with anno.objects(.class_ind, .parts(.part_name, .mask)) "
+                                          f"expected ({type(err).__name__}: {err})") from None
+    target = None
+    for _, parts in persons:
+        for part in parts:
+            name = str(part.part_name)
+            if name not in PART_GROUPS:
+                raise common.DataCheckError(path, f"person part names {sorted(PART_GROUPS)} expected, found {name!r}")
+            mask = np.asarray(part.mask).astype(bool)
+            target = np.zeros(mask.shape, np.uint8) if target is None else target
+            if mask.shape != target.shape:
+                raise common.DataCheckError(path, f"part masks of one size expected, found {mask.shape} and {target.shape}")
+            target[mask] = PART_GROUPS[name]
+    return target
+
+
+def thin(mask: np.ndarray) -> np.ndarray:
+    """Zhang & Suen's thinning ("A fast parallel algorithm for thinning digital patterns",
+    CACM 1984): peel boundary pixels in two alternating sub-iterations until none changes."""
+    img = np.pad(mask.astype(np.uint8), 1)
+    changed = True
+    while changed:
+        changed = False
+        for first in (True, False):
+            c = img[1:-1, 1:-1]  # a view: deletions apply in place
+            ring = [img[:-2, 1:-1], img[:-2, 2:], img[1:-1, 2:], img[2:, 2:],  # P2..P5
+                    img[2:, 1:-1], img[2:, :-2], img[1:-1, :-2], img[:-2, :-2]]  # P6..P9
+            p2, p4, p6, p8 = ring[0], ring[2], ring[4], ring[6]
+            b = sum(r.astype(np.int32) for r in ring)
+            a = sum(((ring[i] == 0) & (ring[(i + 1) % 8] == 1)).astype(np.int32) for i in range(8))
+            c1, c2 = (p2 & p4 & p6, p4 & p6 & p8) if first else (p2 & p4 & p8, p2 & p6 & p8)
+            kill = (c == 1) & (b >= 2) & (b <= 6) & (a == 1) & (c1 == 0) & (c2 == 0)
+            if kill.any():
+                c[kill] = 0
+                changed = True
+    return img[1:-1, 1:-1].astype(bool)
+
+
+def label_edges(labels: np.ndarray, thin_edges: bool = True) -> np.ndarray:
+    """{0, 1} float32 edges of a label map (the rule of the module docstring)."""
+    x = labels.astype(np.int64)
+    p = np.pad(x, 1, mode="reflect")  # numpy's "reflect" = OpenCV's BORDER_REFLECT_101
+    lap = p[:-2, 1:-1] + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:] - 4 * x
+    edges = lap != 0
+    return (thin(edges) if thin_edges else edges).astype(np.float32)
+
+
+def read_sample(files: Dict[str, str], kinds: Sequence[str], p: PascalContextParams) -> Dict[str, object]:
+    """Decode the ``kinds`` of one sample with format and range checks (errors name the file).
+
+    Values: image uint8 HxWx3; semseg uint8; human_parts uint8 or None; saliency / edge
+    float32 {0, 1}; normals float32 HxWx3 - every map at its image's size.
+    """
+    image = common.read_image(files["image"], "RGB")
+    h, w = image.shape[:2]
+    out: Dict[str, object] = {"image": image}
+    labelmap = None
+    if "edge" in kinds or ("normals" in kinds and p.normals_valid_labels is not None):
+        labelmap = np.asarray(common.read_mat(files["labelmap"], "LabelMap"))
+        if labelmap.ndim != 2 or not np.issubdtype(labelmap.dtype, np.integer) and not np.issubdtype(labelmap.dtype, np.floating):
+            raise common.DataCheckError(files["labelmap"], f"2-D numeric LabelMap expected, found {labelmap.dtype} {labelmap.shape}")
+        _same_size(files["labelmap"], labelmap, h, w)
+    for kind in kinds:
+        path = files["labelmap" if kind == "edge" else kind]
+        if kind == "semseg":
+            a = common.read_image(path, "raw")
+            if a.ndim != 2 or a.dtype != np.uint8:
+                raise common.DataCheckError(path, f"single-channel uint8 label png expected, found {a.dtype} {a.shape}")
+            common.check_range(path, a, f"class ids 0..{N_CLASSES - 1} or 255", (a < N_CLASSES) | (a == 255))
+        elif kind == "human_parts":
+            a = read_human_parts(path)
+        elif kind == "saliency":
+            a = (common.read_image(path, "L").astype(np.float32) / 255.0 > 0.5).astype(np.float32)
+        elif kind == "normals":
+            a = 2.0 * common.read_image(path, "RGB").astype(np.float32) / 255.0 - 1.0
+            if p.normals_valid_labels is not None:
+                a[~np.isin(labelmap, p.normals_valid_labels)] = 0.0
+        else:  # edge
+            a = label_edges(labelmap, p.edge_thin)
+        if a is not None:
+            _same_size(path, a, h, w)
+        out[kind] = a
+    return out
+
+
+def _same_size(path: str, a: np.ndarray, h: int, w: int) -> None:
+    if a.shape[:2] != (h, w):
+        raise common.DataCheckError(path, f"{h}x{w} like its image expected, found {a.shape[0]}x{a.shape[1]}")
+
+
+def verify(root: str, p: PascalContextParams, decode: Optional[int]) -> Dict[str, int]:
+    """Folders, id lists, every file's existence, and decoding of ``decode`` samples per list."""
+    for folder in FOLDERS:
+        common.require_dir(os.path.join(root, folder), f"PASCAL_MT {folder}")
+    seg_dirs = SEMSEG_DIRS.values() if p.semseg_source == "auto" else [SEMSEG_DIRS[p.semseg_source]]
+    if not any(os.path.isdir(os.path.join(root, "semseg", d)) for d in seg_dirs):
+        common.require_dir(os.path.join(root, "semseg", next(iter(seg_dirs))), "PASCAL_MT semseg labels")
+    n_files = n_decoded = 0
+    for list_name in ("train", "val"):
+        ids = official_ids(root, list_name)
+        for sample_id in ids:
+            for kind, path in paths(root, sample_id, p.semseg_source).items():
+                common.require_file(path, f"{kind} of id {sample_id!r} in ImageSets/Context/{list_name}.txt")
+                n_files += 1
+        for i in common.decode_sample(len(ids), decode):
+            read_sample(paths(root, ids[i], p.semseg_source), TASK_NAMES, p)
+            n_decoded += 1
+    return {"files": n_files, "decoded": n_decoded}
+
+
+# ----------------------------------------------------------------------------- geometry
+def _grid(h: int, w: int, size: Tuple[int, int], angle: float, scale: float) -> torch.Tensor:
+    """grid_sample grid of the output pixel centres: resize h x w -> size after rotating by
+    ``angle`` degrees (counter-clockwise on screen, as OpenCV's getRotationMatrix2D) and
+    scaling by ``scale`` about the image centre. p_out = s R (p_in - c) + c is inverted."""
+    ys = (torch.arange(size[0], dtype=torch.float64) + 0.5) * h / size[0] - 0.5
+    xs = (torch.arange(size[1], dtype=torch.float64) + 0.5) * w / size[1] - 0.5
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    cx, cy, a = (w - 1) / 2, (h - 1) / 2, math.radians(angle)
+    dx, dy = xx - cx, yy - cy
+    x_in = (math.cos(a) * dx - math.sin(a) * dy) / scale + cx
+    y_in = (math.sin(a) * dx + math.cos(a) * dy) / scale + cy
+    return torch.stack([(2 * x_in + 1) / w - 1, (2 * y_in + 1) / h - 1], dim=-1)[None].float()
+
+
+def _sample(x: torch.Tensor, grid: torch.Tensor, mode: str) -> torch.Tensor:
+    return F.grid_sample(x[None], grid, mode=mode, padding_mode="zeros", align_corners=False)[0]
+
+
+def geometry(image: torch.Tensor, maps: Dict[str, torch.Tensor], size: Tuple[int, int], angle: float = 0.0,
+             scale: float = 1.0, flip: bool = False):
+    """Rotate / scale / resize / flip ``image`` [3, H, W] and the dense ``maps`` together.
+
+    Label maps (every map but "normals") are sampled nearest, with 255 where the output pixel
+    comes from outside the image; normals bilinear, renormalised, rotated in-plane with the
+    image, zero where invalid or outside, x negated by a flip.
+    """
+    h, w = image.shape[-2:]
+    grid = _grid(h, w, size, angle, scale)
+    inside = _sample(torch.ones(1, h, w), grid, "nearest")[0] > 0.5
+    image = _sample(image, grid, "bilinear")
+    out = {}
+    for k, m in maps.items():
+        if k == "normals":
+            valid = _sample((m != 0).any(0, keepdim=True).float(), grid, "nearest") > 0.5
+            n = F.normalize(_sample(m, grid, "bilinear"), dim=0)
+            a = math.radians(angle)  # the survey code's in-plane rotation of (nx, ny)
+            nx, ny = n[0] * math.cos(a) + n[1] * math.sin(a), n[1] * math.cos(a) - n[0] * math.sin(a)
+            n = torch.stack([-nx if flip else nx, ny, n[2]])
+            out[k] = torch.where(valid & inside, n, torch.zeros_like(n))
+        else:
+            out[k] = torch.where(inside, _sample(m.float()[None], grid, "nearest")[0], 255.0)
+    if flip:
+        image, out = common.hflip(image, out)
+    return image, out
+
+
+# ------------------------------------------------------------------------------ dataset
+@register_dataset("pascal_context")
+class PascalContext(torch.utils.data.Dataset):
+    """PASCAL-Context (survey PASCAL_MT layout): semseg, human parts, saliency, normals, edge.
+
+    Args:
+        root: the PASCAL_MT folder.
+        split: "train" / "val" (seeded hold-out of the official train list) or "test" (the
+            official val list).
+        tasks: a subset of TASK_NAMES.
+        augment: random rotation, scaling and flips (see the module docstring).
+        **params: PascalContextParams fields.
+    """
+
+    SMOKE_PARAMS = {"max_samples": 8, "image_size": (128, 128)}
+    SURVEY_LOSS_WEIGHTS = SURVEY_LOSS_WEIGHTS  # for presets: the "fixed" balancer's weights
+    IGNORE_RULES = {**common.DEFAULT_IGNORE_RULES, "saliency": lambda t: t == 255}
+
+    @classmethod
+    def describe(cls, **params) -> DatasetInfo:
+        p = common.params_from_kwargs(PascalContextParams, "pascal_context", params)
+        return DatasetInfo(
+            name="pascal_context",
+            tasks={"semseg": TaskSpec("semseg", {"num_classes": N_CLASSES}),
+                   "human_parts": TaskSpec("human_parts", {"num_classes": N_PARTS}),
+                   # the survey's tables print saliency as mIoU ("Sal (mIoU)", Tables 8-9)
+                   "saliency": TaskSpec("saliency", {"primary": "miou"}),
+                   "normals": TaskSpec("normals", {}),
+                   "edge": TaskSpec("edge", {"pos_weight": 0.95})},
+            input_size=p.image_size,
+            # Not in the survey's text; its code's PASCAL configs use 6 (ResNet-18) and 8 (HRNet-18).
+            default_batch_sizes=(4, 6, 8),
+            notes=f"PASCAL-Context (PASCAL_MT layout): official val served as test; 21 classes, 6 parts + "
+                  f"background; survey code's fixed loss weights {SURVEY_LOSS_WEIGHTS}",
+        )
+
+    @classmethod
+    def prepare(cls, root: Optional[str], **params) -> Optional[str]:
+        """Cheap checks before a study: structure, id lists, files, two decoded samples per list."""
+        verify(_root(root), common.params_from_kwargs(PascalContextParams, "pascal_context", params), decode=2)
+        return None
+
+    @classmethod
+    def check(cls, root: Optional[str], **params) -> Dict:
+        """``mtl data check``: verify the files (see the module docstring), then summarise."""
+        p = common.params_from_kwargs(PascalContextParams, "pascal_context", params)
+        counts = verify(_root(root), p, decode=CHECK_DECODE)
+        summary = common.summarize(lambda split: cls(root, split, list(TASK_NAMES), **params), SPLITS)
+        return {**summary, "checked": counts}
+
+    def __init__(self, root: Optional[str], split: str, tasks: Sequence[str], augment: bool = False, **params):
+        if split not in SPLITS:
+            raise ValueError(f"pascal_context: unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+        tasks = [tasks] if isinstance(tasks, str) else list(dict.fromkeys(tasks))
+        bad = [t for t in tasks if t not in TASK_NAMES]
+        if bad:
+            raise ValueError(f"pascal_context: unknown task(s) {bad}; valid tasks: {', '.join(TASK_NAMES)}")
+        self.params = p = common.params_from_kwargs(PascalContextParams, "pascal_context", params)
+        self.root, self.split, self.tasks, self.augment = _root(root), split, tasks, bool(augment)
+        ids = official_ids(self.root, "val" if split == "test" else "train")
+        positions = list(range(len(ids)))
+        if split != "test":
+            positions = common.holdout_split(positions, split, p.val_fraction, p.seed)
+        # source_indices: each item's row in its official list (partial-label files index it)
+        self.source_indices = positions[: p.max_samples] if p.max_samples else positions
+        self.ids = [ids[i] for i in self.source_indices]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> Dict[str, object]:
+        p = self.params
+        a = read_sample(paths(self.root, self.ids[i], p.semseg_source), self.tasks, p)
+        h, w = a["image"].shape[:2]
+        image = torch.from_numpy(a["image"]).permute(2, 0, 1).float() / 255.0
+        mask = {t: torch.tensor(True) for t in self.tasks}
+        maps: Dict[str, torch.Tensor] = {}
+        for task in self.tasks:
+            if a[task] is None:  # human_parts of an image without a labelled person
+                maps[task], mask[task] = torch.full((h, w), 255.0), torch.tensor(False)
+            elif task == "normals":
+                maps[task] = torch.from_numpy(a[task]).permute(2, 0, 1)
+            else:
+                maps[task] = torch.from_numpy(np.asarray(a[task], dtype=np.float32))
+        if self.augment:  # angle, scale, flip (torch's generator: DataLoader workers seed it)
+            (lo, hi), u = p.scale_range, torch.rand(3)
+            draw = float((2 * u[0] - 1) * p.rotation), float(lo + (hi - lo) * u[1]), p.flip and bool(u[2] < 0.5)
+        else:
+            draw = 0.0, 1.0, False
+        image, maps = geometry(image, maps, p.image_size, *draw)
+        image = (image - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
+        targets = {t: m.long() if t in ("semseg", "human_parts") else m if t == "normals" else m[None]  # [1, H, W]
+                   for t, m in maps.items()}
+        return {"image": image.contiguous(), "targets": {k: v.contiguous() for k, v in targets.items()},
+                "mask": mask}
+
+
+def _root(root: Optional[str]) -> str:
+    if root is None:
+        raise common.DataCheckError("<no root>", "the PASCAL_MT folder (--data-root / dataset.root)")
+    return root
