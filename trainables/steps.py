@@ -1,27 +1,87 @@
 """One optimisation step, served according to the balancer's declared needs.
 
-The step branches on the balancer's metadata (``needs_task_grads``, ``grad_target``), never on
-its name. Samples without a label for a task (partially labelled MTL) are dropped from that
-task's loss through the batch's per-task mask.
+The step branches on the balancer's metadata (``needs_task_grads``, ``grad_target``,
+``grad_scope``, ``needs_outputs``; see ``trainables/balancers/base.py``), never on its name:
+
+loss level (``needs_task_grads=False``): one forward, ``balancer.combine(losses)``, one backward.
+
+representation level (``grad_target="representation"``, needs ``model.has_shared_representation``):
+    z = encode(x); the heads run on a detached copy z_d; one ``autograd.grad`` per task through
+    its own head gives both dL_t/dz and dL_t/d(head params) (the heads are disjoint, so this is
+    one backward through the heads in total). The balancer turns the Gram matrix of the z
+    gradients into coefficients c, the encoder gets z.backward(sum_t c_t dL_t/dz), and every
+    decoder parameter gets sum_t w_t dL_t/dtheta with w_t = d combine(losses) / dL_t.
+
+parameter level (``grad_target="params"``): the per-task gradients w.r.t. the shared
+    parameters (or only the last shared layer, ``grad_scope="last_shared"``) as a [T, P] matrix
+    from ONE batched vector-Jacobian product (``is_grads_batched``). With a shared
+    representation the VJP starts at z from the per-head z gradients above, so the heads are
+    traversed once, not T times. ``combine_grads`` gives the shared update, written into .grad;
+    everything else (heads, shared parameters outside the scope, the balancer's own parameters)
+    gets the gradient of ``combine(losses)``.
+
+Partially labelled batches: a task without a labelled sample is absent from ``losses``; the
+per-task mask drops unlabelled samples from each loss.
+
+Data parallel: gradient-level steps run on the bare module (``model.module`` under DDP), so
+DDP's own all-reduce is bypassed and done here instead when torch.distributed runs with world
+size > 1: parameter-level per-task gradients [T, P] are averaged over workers BEFORE they are
+combined (exact, at T times the communication of plain DDP); representation-level steps sum the
+per-worker Gram matrices (exact: the global z gradient is the concatenation of the workers'),
+then average the resulting parameter gradients. The balancer's own parameter gradients are
+averaged in every mode (DDP does not wrap the balancer). BatchNorm buffers are not broadcast
+from rank 0 on gradient-level steps (DDP does that in its forward, which is bypassed).
 """
 from __future__ import annotations
 
-from typing import Dict, Mapping
+from typing import Dict, List, Mapping, Sequence, Tuple
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from trainables.balancers.base import Balancer
 from trainables.tasks.base import Task
 
 
-def task_losses(out: Mapping[str, Tensor], tasks: Mapping[str, Task], batch) -> Dict[str, Tensor]:
-    """Per-task losses over the samples labelled for each task; unlabelled tasks are absent."""
-    losses = {}
-    for name, task in tasks.items():
+def labelled(out: Mapping[str, Tensor], tasks: Mapping[str, Task], batch) -> Dict[str, Tuple[Tensor, Tensor]]:
+    """task -> (outputs, targets) of the samples labelled for it; unlabelled tasks are absent."""
+    pairs = {}
+    for name in tasks:
         keep = batch["mask"][name]
         if keep.any():
-            losses[name] = task.loss(out[name][keep], batch["targets"][name][keep])
+            pairs[name] = (out[name][keep], batch["targets"][name][keep])
+    return pairs
+
+
+def task_losses(out: Mapping[str, Tensor], tasks: Mapping[str, Task], batch) -> Dict[str, Tensor]:
+    """Per-task losses over the samples labelled for each task; unlabelled tasks are absent."""
+    return {name: tasks[name].loss(pred, target) for name, (pred, target) in labelled(out, tasks, batch).items()}
+
+
+def training_step(model: nn.Module, balancer: Balancer, tasks: Mapping[str, Task], batch, optimizer) -> Dict[str, float]:
+    """Forward, balance, backward, optimiser step; returns the per-task loss values."""
+    optimizer.zero_grad(set_to_none=True)
+    if not balancer.needs_task_grads:
+        losses = _loss_level(model, balancer, tasks, batch)
+    elif balancer.grad_target in ("representation", "params"):
+        losses = _grad_level(_bare(model), balancer, tasks, batch)
+    else:
+        raise ValueError(f"balancer {type(balancer).__name__}: grad_target must be 'representation' or "
+                         f"'params', got {balancer.grad_target!r}")
+    _average([p for p in balancer.parameters() if p.requires_grad])
+    optimizer.step()
+    return {name: float(loss.detach()) for name, loss in losses.items()}
+
+
+# -- loss level ----------------------------------------------------------------------------------
+def _loss_level(model: nn.Module, balancer: Balancer, tasks, batch) -> Dict[str, Tensor]:
+    out = model(batch["image"])
+    pairs = labelled(out, tasks, batch)
+    losses = {name: tasks[name].loss(pred, target) for name, (pred, target) in pairs.items()}
+    _observe(balancer, pairs)
+    total = balancer.combine(losses) if losses else 0.0
+    (total + _keep_graph_connected(out, losses)).backward()
     return losses
 
 
@@ -31,17 +91,202 @@ def _keep_graph_connected(out: Mapping[str, Tensor], losses: Dict[str, Tensor]) 
     return sum((0.0 * o.sum() for n, o in out.items() if n not in losses), torch.zeros((), device=next(iter(out.values())).device))
 
 
-def training_step(model: nn.Module, balancer: Balancer, tasks: Mapping[str, Task], batch, optimizer) -> Dict[str, float]:
-    """Forward, balance, backward, optimiser step; returns the per-task loss values."""
-    optimizer.zero_grad(set_to_none=True)
-    out = model(batch["image"])
-    losses = task_losses(out, tasks, batch)
-    if balancer.needs_task_grads:
-        raise NotImplementedError(
-            f"balancer {type(balancer).__name__} needs per-task gradients, which this train loop "
-            "does not serve yet"
-        )
-    total = balancer.combine(losses) if losses else 0.0
-    (total + _keep_graph_connected(out, losses)).backward()
-    optimizer.step()
-    return {name: float(loss.detach()) for name, loss in losses.items()}
+def _observe(balancer: Balancer, pairs: Dict[str, Tuple[Tensor, Tensor]]) -> None:
+    if balancer.needs_outputs:
+        balancer.observe_outputs({n: p.detach() for n, (p, _) in pairs.items()}, {n: t for n, (_, t) in pairs.items()})
+
+
+# -- gradient level ------------------------------------------------------------------------------
+def _grad_level(net: nn.Module, balancer: Balancer, tasks, batch) -> Dict[str, Tensor]:
+    x = batch["image"]
+    via_z = getattr(net, "has_shared_representation", False)
+    if balancer.grad_target == "representation" and not via_z:
+        raise ValueError(f"balancer {type(balancer).__name__} works on the shared representation (grad_target "
+                         f"'representation'), but architecture {type(net).__name__} has none; use an architecture "
+                         "with has_shared_representation, or a parameter-level variant of the balancer")
+    if via_z:
+        z = net.encode(x)
+        z_d = z.detach().requires_grad_()
+        out = net.decode(z_d, x.shape[-2:])
+    else:
+        out = net(x)
+    pairs = labelled(out, tasks, batch)
+    losses = {name: tasks[name].loss(pred, target) for name, (pred, target) in pairs.items()}
+    _observe(balancer, pairs)
+    names, values = _present(balancer, losses, x.device)
+    if not names:  # no task labelled on any worker: nothing to learn from this batch
+        return losses
+
+    shared = _params(net.shared_parameters())
+    scope = shared if balancer.grad_scope == "shared" else _params(net.last_shared_module().parameters())
+    if balancer.grad_target == "params" and not via_z:
+        _params_generic(net, balancer, losses, names, values, scope)
+        return losses
+
+    shared_ids = {id(p) for p in shared}
+    decoder = [p for p in net.parameters() if p.requires_grad and id(p) not in shared_ids]
+    grad_z, grad_decoder = _per_task(losses, names, z_d, decoder)
+    if balancer.grad_target == "representation":
+        _representation_level(net, balancer, losses, names, values, z, grad_z, decoder, grad_decoder)
+    else:
+        _params_via_z(balancer, losses, names, values, shared, scope, z, grad_z, decoder, grad_decoder)
+    return losses
+
+
+def _representation_level(net, balancer: Balancer, losses, names, values, z, grad_z, decoder, grad_decoder) -> None:
+    """The encoder gets z.backward(sum_t c_t dL_t/dz); c from the (all-reduced) Gram matrix."""
+    flat = grad_z.flatten(1)
+    if balancer.has_grad_weights():
+        gram = flat @ flat.T
+        world = _world_size()
+        if world > 1:  # the global z gradient is the concatenation of the workers' (each / W)
+            dist.all_reduce(gram)
+            gram = gram / world**2
+        direction_z = (balancer.grad_weights(gram, values).to(flat.dtype) @ flat).view_as(z)
+    else:  # a balancer that needs the vectors themselves: a local combination under DDP
+        direction_z = balancer.combine_grads(flat, values).view_as(z)
+    weights = _objective_weights(balancer, losses, names, z.device)
+    z.backward(direction_z)
+    _write_decoder(decoder, grad_decoder, weights)
+    _average([p for p in net.parameters() if p.requires_grad])
+
+
+def _params_via_z(balancer: Balancer, losses, names, values, shared, scope, z, grad_z, decoder, grad_decoder) -> None:
+    """Per-task gradients of the scope as ONE batched VJP from the per-task z gradients."""
+    scope_ids = {id(p) for p in scope}
+    rest = [p for p in shared if id(p) not in scope_ids]
+    grads = torch.autograd.grad(z, scope, grad_outputs=grad_z, is_grads_batched=True, retain_graph=bool(rest),
+                                allow_unused=True)
+    direction = balancer.combine_grads(_average_matrix(_flatten(grads, scope, len(names))), values)
+    weights = _objective_weights(balancer, losses, names, z.device)
+    if rest:  # shared parameters outside the scope follow the objective (GradNorm's cheap variant)
+        w = torch.stack(weights).to(grad_z.dtype).view(-1, *([1] * (grad_z.dim() - 1)))
+        torch.autograd.backward(z, (w * grad_z).sum(0), inputs=rest)
+    _write_decoder(decoder, grad_decoder, weights)
+    _average(rest + decoder)
+    _write_flat(scope, direction)
+
+
+def _params_generic(net, balancer: Balancer, losses, names, values, scope) -> None:
+    """Parameter level without a shared representation: batched VJP of the stacked losses."""
+    if losses:
+        device = _any_device(losses)
+        stacked = torch.stack([losses[n] if n in losses else torch.zeros((), device=device) for n in names])
+        eye = torch.eye(len(names), dtype=stacked.dtype, device=device)
+        grads = torch.autograd.grad(stacked, scope, grad_outputs=eye, is_grads_batched=True, retain_graph=True,
+                                    allow_unused=True)
+    else:  # labelled on other workers only
+        grads = [None] * len(scope)
+    direction = balancer.combine_grads(_average_matrix(_flatten(grads, scope, len(names))), values)
+    scope_ids = {id(p) for p in scope}
+    others = [p for p in net.parameters() if p.requires_grad and id(p) not in scope_ids]
+    objective = balancer.combine(losses) if losses else None
+    if isinstance(objective, Tensor) and objective.requires_grad:
+        balancer_params = [p for p in balancer.parameters() if p.requires_grad]
+        torch.autograd.backward(objective, inputs=others + balancer_params)
+    _average(others)
+    _write_flat(scope, direction)
+
+
+def _per_task(losses, names, z_d: Tensor, decoder: List[nn.Parameter]) -> Tuple[Tensor, List[List]]:
+    """dL_t/dz [T, *z.shape] and dL_t/d(decoder params) per task (zeros for a task absent here)."""
+    grad_z, grad_decoder = [], []
+    for name in names:
+        if name not in losses:  # labelled on another worker only
+            grad_z.append(torch.zeros_like(z_d))
+            grad_decoder.append([None] * len(decoder))
+            continue
+        # only the part of the graph that L_t reaches is traversed: its own head for disjoint heads
+        g = torch.autograd.grad(losses[name], [z_d] + decoder, retain_graph=True, allow_unused=True)
+        grad_z.append(g[0] if g[0] is not None else torch.zeros_like(z_d))
+        grad_decoder.append(list(g[1:]))
+    return torch.stack(grad_z), grad_decoder
+
+
+def _objective_weights(balancer: Balancer, losses, names, device) -> List[Tensor]:
+    """w_t = d combine(losses) / d L_t, and the balancer's own parameter gradients, in one backward."""
+    leaves = {n: l.detach().requires_grad_() for n, l in losses.items()}
+    objective = balancer.combine(leaves) if leaves else None
+    if isinstance(objective, Tensor) and objective.requires_grad:
+        objective.backward()
+    zero = torch.zeros((), device=device)
+    return [leaves[n].grad if n in leaves and leaves[n].grad is not None else zero for n in names]
+
+
+def _write_decoder(decoder, grad_decoder, weights) -> None:
+    for k, p in enumerate(decoder):
+        total = None
+        for w, per_task in zip(weights, grad_decoder):
+            g = per_task[k]
+            if g is not None:
+                total = w.to(g.dtype) * g if total is None else total + w.to(g.dtype) * g
+        if total is None and _world_size() > 1:
+            total = torch.zeros_like(p)  # every worker must take part in the all-reduce
+        if total is not None:
+            p.grad = total if p.grad is None else p.grad + total
+
+
+def _present(balancer: Balancer, losses, device: torch.device) -> Tuple[List[str], Dict[str, Tensor]]:
+    """Tasks labelled on any worker (balancer order) and their loss values (worker mean)."""
+    world = _world_size()
+    if world == 1:
+        names = balancer.present(losses)
+        return names, {n: losses[n].detach() for n in names}
+    stats = torch.zeros(2, len(balancer.task_names), device=device)
+    for i, name in enumerate(balancer.task_names):
+        if name in losses:
+            stats[0, i], stats[1, i] = losses[name].detach().float(), 1.0
+    dist.all_reduce(stats)
+    names = [n for i, n in enumerate(balancer.task_names) if stats[1, i] > 0]
+    return names, {n: stats[0, i] / stats[1, i] for i, n in enumerate(balancer.task_names) if stats[1, i] > 0}
+
+
+def _average_matrix(matrix: Tensor) -> Tensor:
+    world = _world_size()
+    if world > 1:
+        dist.all_reduce(matrix)
+        matrix = matrix / world
+    return matrix
+
+
+def _average(params: Sequence[nn.Parameter]) -> None:
+    """Average .grad over workers (DDP is bypassed); no-op in a single process."""
+    world = _world_size()
+    if world == 1:
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+        p.grad.div_(world)
+
+
+def _flatten(grads, params, rows: int) -> Tensor:
+    """[T, P] from batched per-parameter gradients (None -> zeros)."""
+    return torch.cat([(g if g is not None else torch.zeros(rows, *p.shape, device=p.device, dtype=p.dtype)).reshape(rows, -1)
+                      for g, p in zip(grads, params)], dim=1)
+
+
+def _write_flat(params, direction: Tensor) -> None:
+    offset = 0
+    for p in params:
+        n = p.numel()
+        g = direction[offset:offset + n].view_as(p).to(p.dtype)
+        p.grad = g.clone() if p.grad is None else p.grad + g
+        offset += n
+
+
+def _params(params) -> List[nn.Parameter]:
+    return [p for p in params if p.requires_grad]
+
+
+def _bare(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _any_device(losses) -> torch.device:
+    return next(iter(losses.values())).device

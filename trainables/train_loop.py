@@ -40,14 +40,20 @@ def build_tasks(dataset: str, dataset_params: Mapping[str, Any], names: Sequence
     return {n: TASKS.get(info.tasks[n].type)(name=n, **dict(info.tasks[n].params)) for n in names}
 
 
-def build_balancer(name: str, task_names: Sequence[str], params: Mapping[str, Any]) -> Balancer:
-    """The balancer plug-in, with unknown keyword arguments named before anything runs."""
+def build_balancer(name: str, task_names: Sequence[str], params: Mapping[str, Any],
+                   run_defaults: Optional[Mapping[str, Any]] = None) -> Balancer:
+    """The balancer plug-in, with unknown keyword arguments named before anything runs.
+
+    ``run_defaults`` (e.g. the study's ``primary_task``, the trial's ``seed``) are passed only to
+    a balancer that accepts them and only where ``params`` does not set them.
+    """
     cls = BALANCERS.get(name)
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "task_names"}
     unknown = sorted(set(params) - accepted)
     if unknown:
         raise ValueError(f"balancer {name!r}: unknown parameters {unknown}; accepted: {sorted(accepted)}")
-    return cls(list(task_names), **dict(params))
+    extra = {k: v for k, v in (run_defaults or {}).items() if k in accepted and k not in params and v is not None}
+    return cls(list(task_names), **dict(params), **extra)
 
 
 def primary_directions(tasks: Mapping[str, Task]) -> Dict[str, bool]:
@@ -144,7 +150,8 @@ def fit(cfg: TrialConfig, session: Session) -> Dict[str, Any]:
 
     model = build_model(tasks, cfg.architecture, cfg.backbone, dict(cfg.backbone_params), cfg.head,
                         dict(cfg.head_params), dict(cfg.architecture_params)).to(session.device)
-    balancer = build_balancer(cfg.balancer, cfg.tasks, cfg.balancer_params).to(session.device)
+    balancer = build_balancer(cfg.balancer, cfg.tasks, cfg.balancer_params,
+                              {"primary_task": cfg.primary_task, "seed": cfg.seed}).to(session.device)
     per_worker_batch = max(1, cfg.batch_size // session.world_size)
     generator = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(train_set, batch_size=per_worker_batch, shuffle=True, drop_last=True, generator=generator)

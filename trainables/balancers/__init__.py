@@ -1,3 +1,15 @@
 """Task-balancing plug-ins (one file each)."""
-from trainables.balancers import fixed  # noqa: F401
+from trainables.balancers import (  # noqa: F401
+    cagrad,
+    dtp,
+    dwa,
+    fixed,
+    gradnorm,
+    ial,
+    imtl,
+    mgda,
+    pcgrad,
+    rlw,
+    uncertainty,
+)
 from trainables.balancers.base import Balancer  # noqa: F401

@@ -1,0 +1,115 @@
+"""MGDA: update the shared weights along the min-norm point of the task gradients' convex hull.
+
+Sener & Koltun, "Multi-Task Learning as Multi-Objective Optimization", NeurIPS 2018 (the
+survey's Sec. 3.1.5). Shared update: sum_t alpha_t g_t with
+    alpha = argmin_{alpha in simplex} || sum_t alpha_t g_t ||^2          (Eq. 3 of the paper)
+solved in closed form for two tasks (Algorithm 1) and by Frank-Wolfe otherwise (Algorithm 2;
+with away steps by default, see ``min_norm.py``). If the min-norm point is not 0 it has a
+non-negative inner product with every task gradient (a common descent direction).
+
+Variants (``variant``):
+    "ub" (default, the paper's MGDA-UB, Sec. 3.3): g_t = grad of L_t w.r.t. the shared
+        representation z (the upper bound; one cheap backward per head), grad_target
+        "representation"; needs an architecture with a shared representation.
+    "params": the exact problem, g_t = grad of L_t w.r.t. all shared parameters.
+
+Gradient normalisation before solving (``normalization``, the original code's
+``gradient_normalizers``): "none", "l2" (g / ||g||), "loss" (g / L), "loss+" (g / (L ||g||)).
+Default "loss+" as the original code (some libraries default to "none"; see PAPER_NOTES).
+As in the original code, the normalisation only changes alpha: the update is
+sum_t alpha_t * (raw g_t), i.e. the gradient of sum_t alpha_t L_t.
+
+Task-specific parameters: each head follows its own loss (the paper's Algorithm 2, line 2);
+``scale_heads=True`` trains them with alpha_t L_t as the original code's backward of
+sum_t alpha_t L_t does. Tasks absent from a batch are left out of the problem.
+
+Hyper-parameters:
+    variant ("ub" | "params", default "ub").
+    normalization ("none" | "l2" | "loss" | "loss+", default "loss+").
+    scale_heads (bool, default False).
+    max_iter (int >= 1, default 250) and tol (float >= 0, default 1e-8): Frank-Wolfe stopping
+        (250 as the original code; tol on the duality gap relative to the squared norm).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from trainables.balancers.base import Balancer, check_choice, check_number
+from trainables.balancers.min_norm import min_norm_weights
+from trainables.registry import register_balancer
+
+
+@dataclass(frozen=True)
+class MGDAParams:
+    """Hyper-parameters of ``mgda`` (see the module docstring)."""
+
+    variant: str = "ub"
+    normalization: str = "loss+"
+    scale_heads: bool = False
+    max_iter: int = 250
+    tol: float = 1e-8
+
+    def __post_init__(self) -> None:
+        check_choice("mgda", "variant", self.variant, ("ub", "params"))
+        check_choice("mgda", "normalization", self.normalization, ("none", "l2", "loss", "loss+"))
+        check_choice("mgda", "scale_heads", self.scale_heads, (True, False))
+        check_number("mgda", "max_iter", self.max_iter, lambda v: v >= 1, "an int >= 1", integer=True)
+        check_number("mgda", "tol", self.tol, lambda v: v >= 0, "a number >= 0")
+
+
+@register_balancer("mgda")
+class MGDA(Balancer):
+    """Multiple-gradient descent, min-norm solver (Sener & Koltun NeurIPS 2018; MGDA-UB default)."""
+
+    needs_task_grads = True
+    grad_target = "representation"
+
+    def __init__(self, task_names: Sequence[str], variant: str = MGDAParams.variant,
+                 normalization: str = MGDAParams.normalization, scale_heads: bool = MGDAParams.scale_heads,
+                 max_iter: int = MGDAParams.max_iter, tol: float = MGDAParams.tol):
+        super().__init__(task_names)
+        self.params = MGDAParams(variant, normalization, scale_heads, max_iter, tol)
+        self.grad_target = "representation" if variant == "ub" else "params"
+        self.extra_backward_passes = 0 if variant == "ub" else len(self.task_names) - 1
+        self.register_buffer("last_alpha", torch.full((len(self.task_names),), 1.0 / len(self.task_names)))
+        self._step_alpha: Optional[Dict[str, Tensor]] = None
+
+    def normalizers(self, gram: Tensor, losses: Tensor) -> Tensor:
+        """The per-task divisor of g_t (``gradient_normalizers`` of the original code)."""
+        norms = gram.diagonal().clamp_min(0).sqrt()
+        kind = self.params.normalization
+        if kind == "l2":
+            scale = norms
+        elif kind == "loss":
+            scale = losses
+        elif kind == "loss+":
+            scale = losses * norms
+        else:
+            scale = torch.ones_like(norms)
+        return scale.clamp_min(1e-12)
+
+    def grad_weights(self, gram: Tensor, losses: Dict[str, Tensor]) -> Tensor:
+        present = self.present(losses)
+        values = torch.stack([losses[t] for t in present]).to(gram.dtype)
+        d = 1.0 / self.normalizers(gram, values)
+        alpha = min_norm_weights(d[:, None] * gram * d[None, :], self.params.max_iter, self.params.tol)
+        with torch.no_grad():
+            idx = torch.tensor([self.task_names.index(t) for t in present], device=self.last_alpha.device)
+            self.last_alpha.zero_()
+            self.last_alpha[idx] = alpha.to(self.last_alpha)
+        self._step_alpha = dict(zip(present, alpha.detach()))
+        return alpha
+
+    def combine(self, losses: Dict[str, Tensor]) -> Tensor:
+        alpha, self._step_alpha = self._step_alpha, None
+        if self.params.scale_heads and alpha is not None:
+            return sum(alpha[t].to(loss.dtype) * loss for t, loss in losses.items())
+        return sum(losses.values())
+
+    def current_weights(self) -> Dict[str, float]:
+        """alpha of the last step (0 for tasks absent from it)."""
+        return {t: float(self.last_alpha[i]) for i, t in enumerate(self.task_names)}
