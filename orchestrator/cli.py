@@ -121,7 +121,7 @@ def cmd_list(args) -> int:
         print(f"{kind}:")
         if kind == "preset":
             for name in sorted(PRESETS):
-                print(f"  {name:<22} {(PRESETS[name].__doc__ or '').strip().splitlines()[0]}")
+                print(f"  {name:<22} {PRESETS[name].get('description', '')}")
             continue
         registry = REGISTRIES[kind]
         for name in registry.names():

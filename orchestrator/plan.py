@@ -6,12 +6,12 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
 import trainables  # noqa: F401  (registers the plug-ins)
-from orchestrator.spec import ExperimentSpec, Plugin, SpecError, StudySpec
+from orchestrator.spec import ExperimentSpec, LossWeightSearch, SpecError, StudySpec
 from search_spaces.survey_grid import select, survey_grid
 from trainables.complexity import count_flops, count_parameters
 from trainables.config import TrialConfig
@@ -32,6 +32,7 @@ class Experiment:
     base: Dict[str, Any]            # TrialConfig fields shared by its trials
     settings: Tuple[dict, ...]      # grid settings ({"batch_size", "scheduler", "optimizer", "lr"})
     seeds: Tuple[int, ...]
+    weight_search: Optional[LossWeightSearch] = None  # Optuna over fixed weights instead of the grid
 
     def trial_configs(self) -> List[TrialConfig]:
         return [TrialConfig.from_dict({**self.base, "hp": s, "seed": seed})
@@ -59,7 +60,7 @@ def validate(spec: StudySpec) -> DatasetInfo:
         if exp.head:
             _known(HEADS, exp.head.name, f"{where}.head.name")
         try:
-            build_balancer(exp.balancer.name, spec.tasks, exp.balancer.params)
+            build_balancer(exp.balancer.name, spec.tasks, _balancer_params(spec, exp))
         except (TypeError, ValueError) as err:
             raise SpecError(f"{where}.balancer.params: {err}") from None
         try:
@@ -71,6 +72,17 @@ def validate(spec: StudySpec) -> DatasetInfo:
     if not settings_of(spec, info):
         raise SpecError("search: the filters select none of the survey grid's 48 settings")
     return info
+
+
+def _balancer_params(spec: StudySpec, exp: ExperimentSpec) -> Dict[str, Any]:
+    """The balancer's parameters; a balancer that takes ``primary_task`` gets the study's."""
+    import inspect
+
+    params = dict(exp.balancer.params)
+    accepted = inspect.signature(BALANCERS.get(exp.balancer.name).__init__).parameters
+    if "primary_task" in accepted and "primary_task" not in params:
+        params["primary_task"] = exp.primary_task or spec.primary_task
+    return params
 
 
 def _known(registry, name: str, where: str) -> None:
@@ -104,6 +116,9 @@ def smoke(spec: StudySpec) -> StudySpec:
         train=dataclasses.replace(spec.train, epochs=min(spec.train.epochs, 2), seeds=spec.train.seeds[:1],
                                   max_steps_per_epoch=min(spec.train.max_steps_per_epoch or 8, 8)),
         search=dataclasses.replace(spec.search, max_settings=1, grace_period=1),
+        experiments=tuple(
+            dataclasses.replace(e, weight_search=dataclasses.replace(e.weight_search, num_samples=min(2, e.weight_search.num_samples)))
+            if e.weight_search else e for e in spec.experiments),
     )
 
 
@@ -130,15 +145,16 @@ def expand(spec: StudySpec, info: DatasetInfo, data_root: str | None) -> Tuple[L
             exp.name, "multi_task",
             {**common, **models, "experiment": exp.name, "tasks": tuple(spec.tasks),
              "architecture": exp.architecture.name, "architecture_params": dict(exp.architecture.params),
-             "balancer": exp.balancer.name, "balancer_params": dict(exp.balancer.params),
-             "primary_task": spec.primary_task},
-            settings, spec.train.seeds))
+             "balancer": exp.balancer.name, "balancer_params": _balancer_params(spec, exp),
+             "primary_task": exp.primary_task or spec.primary_task},
+            settings, spec.train.seeds, exp.weight_search))
     return list(baselines.values()), experiments
 
 
 def complexity(cfg: TrialConfig, info: DatasetInfo) -> Tuple[int, float]:
     """(#params, GMACs) of the model of ``cfg`` at the dataset's input size."""
     tasks = build_tasks(cfg.dataset, cfg.dataset_params, cfg.tasks)
-    model = build_model(tasks, cfg.architecture, cfg.backbone, dict(cfg.backbone_params), cfg.head,
-                        dict(cfg.head_params), dict(cfg.architecture_params))
+    with torch.device("meta"):  # shapes only: counting a ResNet-50 at 480x640 is instant
+        model = build_model(tasks, cfg.architecture, cfg.backbone, dict(cfg.backbone_params), cfg.head,
+                            dict(cfg.head_params), dict(cfg.architecture_params))
     return count_parameters(model), count_flops(model, info.input_size)["macs"] / 1e9

@@ -64,7 +64,41 @@ def table_rows(rows: Sequence[Dict[str, Any]], primary_task: Optional[str] = Non
         line += [f"{runs[0]['params'] / 1e6:.2f}", f"{runs[0]['flops_g']:.2f}",
                  _cell([r["test_delta_m"] for r in runs], signed=True)]
         body.append(line)
+    body += _primary_rows(rows, chosen, single, columns)
     return header, body
+
+
+def _primary_rows(rows, chosen, single, columns) -> List[List[str]]:
+    """Rows composed from experiments that each have a different primary task (IAL Table I):
+    each task's metric comes from the experiment where it was the primary task; Delta_m per
+    seed over the composed metrics against the single-task networks."""
+    from trainables.delta import delta_m
+
+    by_balancer: Dict[str, Dict[str, List[Dict[str, Any]]]] = {}
+    for r in chosen:
+        primary = json.loads(r["config_json"]).get("primary_task") if r["role"] == "multi_task" else None
+        if primary:
+            by_balancer.setdefault(r["balancer"], {}).setdefault(primary, []).append(r)
+    lines = []
+    baseline = {f"{t}/{m}": mean(r["test_metrics"][f"{t}/{m}"] for r in single if r["tasks"] == [t])
+                for t, m, _ in columns if any(r["tasks"] == [t] for r in single)}
+    directions = {f"{t}/{m}": up for t, m, up in columns}
+    for balancer, per_task in by_balancer.items():
+        if len(per_task) < 2:
+            continue
+        line = [f"{balancer} (each task primary)"]
+        for t, m, _ in columns:
+            line.append(_cell([r["test_metrics"].get(f"{t}/{m}") for r in per_task.get(t, [])]))
+        seeds = sorted({r["seed"] for runs in per_task.values() for r in runs})
+        deltas = []
+        for seed in seeds:
+            composed = {f"{t}/{m}": r["test_metrics"][f"{t}/{m}"] for t, m, _ in columns
+                        for r in per_task.get(t, []) if r["seed"] == seed and f"{t}/{m}" in r["test_metrics"]}
+            if len(composed) == len(columns) and len(baseline) == len(columns):
+                deltas.append(delta_m(composed, baseline, directions))
+        line += ["-", "-", _cell(deltas, signed=True)]
+        lines.append(line)
+    return lines
 
 
 def render(rows: Sequence[Dict[str, Any]], fmt: str = "markdown", primary_task: Optional[str] = None) -> str:

@@ -37,14 +37,49 @@ class DatasetSpec:
 
 
 @dataclass(frozen=True)
+class LossWeightSearch:
+    """Optuna (TPE) search over the ``fixed`` balancer's per-task weights.
+
+    Each trial also draws one of the study's selected grid settings, so the weights and the
+    optimiser are searched jointly; the objective is the validation Delta_m against the
+    cached single-task baselines.
+
+    Attributes:
+        num_samples: trials to run.
+        space: "log_uniform" (each w_t in [low, high], log scale) or "simplex" (weights
+            that sum to T, drawn as normalised -log U(0, 1), i.e. a flat Dirichlet).
+        seed: the TPE sampler's seed (the search is reproducible given it).
+    """
+
+    num_samples: int = 16
+    space: str = "log_uniform"
+    low: float = 0.1
+    high: float = 10.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.space not in ("log_uniform", "simplex"):
+            raise SpecError(f"space: {self.space!r} is not one of ('log_uniform', 'simplex')")
+        if self.num_samples < 1:
+            raise SpecError(f"num_samples: {self.num_samples} must be >= 1")
+        if not 0 < self.low < self.high:
+            raise SpecError(f"low/high: need 0 < low < high, got {self.low}, {self.high}")
+
+
+@dataclass(frozen=True)
 class ExperimentSpec:
-    """One model of the study: an architecture + balancer (backbone/head default to the study's)."""
+    """One model of the study: an architecture + balancer (backbone/head default to the study's).
+
+    ``primary_task`` overrides the study's (e.g. an IAL study with each task as the primary one).
+    """
 
     name: str
     architecture: Plugin = Plugin("mtl_baseline")
     balancer: Plugin = Plugin("fixed")
     backbone: Optional[Plugin] = None
     head: Optional[Plugin] = None
+    weight_search: Optional[LossWeightSearch] = None
+    primary_task: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +145,12 @@ class StudySpec:
             raise SpecError(f"experiments: duplicate experiment names in {names}")
         if self.primary_task is not None and self.primary_task not in self.tasks:
             raise SpecError(f"primary_task: {self.primary_task!r} is not one of tasks {list(self.tasks)}")
+        for i, exp in enumerate(self.experiments):
+            if exp.primary_task is not None and exp.primary_task not in self.tasks:
+                raise SpecError(f"experiments[{i}].primary_task: {exp.primary_task!r} is not one of tasks {list(self.tasks)}")
+            if exp.weight_search is not None and exp.balancer.name != "fixed":
+                raise SpecError(f"experiments[{i}].weight_search: searches the 'fixed' balancer's weights; "
+                                f"this experiment uses balancer {exp.balancer.name!r}")
         if self.train.epochs < 1:
             raise SpecError(f"train.epochs: {self.train.epochs} must be >= 1")
         if not self.train.seeds:

@@ -16,6 +16,7 @@ from typing import Any, Dict, List
 
 from orchestrator.plan import Experiment
 from orchestrator.spec import ResourcesSpec, SearchSpec
+from orchestrator.weight_search import make_searcher, strip_raw
 
 METRIC, MODE = "val_score", "max"
 
@@ -45,6 +46,7 @@ def _run_trial(config: Dict[str, Any], scaling: Dict[str, Any], storage_path: st
     from trainables.config import TrialConfig
     from trainables.worker import train_worker
 
+    config = strip_raw(config)
     TrialConfig.from_dict(config)  # fail fast, in the driver, on a bad config
     trainer = TorchTrainer(
         train_worker,
@@ -73,8 +75,15 @@ def run_experiment(exp: Experiment, search: SearchSpec, resources: ResourcesSpec
                                          **({"GPU": resources.gpus_per_worker} if resources.gpus_per_worker else {})})
     trainable = tune.with_resources(
         tune.with_parameters(_run_trial, scaling=scaling, storage_path=storage_path), {"cpu": 0.01})
-    param_space = {**exp.base, **extra_config,
-                   "hp": tune.grid_search(list(exp.settings)), "seed": tune.grid_search(list(exp.seeds))}
+    search_alg, num_samples = None, 1
+    if exp.weight_search:  # Optuna TPE over the weights (and the grid setting), first seed
+        param_space = {**exp.base, **extra_config, "seed": exp.seeds[0]}
+        search_alg = make_searcher(exp.base["tasks"], exp.settings, exp.weight_search,
+                                   exp.base.get("balancer_params", {}), METRIC, MODE)
+        num_samples = exp.weight_search.num_samples
+    else:  # the survey grid x seeds, as Tune's own grid
+        param_space = {**exp.base, **extra_config,
+                       "hp": tune.grid_search(list(exp.settings)), "seed": tune.grid_search(list(exp.seeds))}
     scheduler = None
     if search.asha:
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=exp.base["epochs"],
@@ -82,8 +91,8 @@ def run_experiment(exp: Experiment, search: SearchSpec, resources: ResourcesSpec
     tuner = tune.Tuner(
         trainable,
         param_space=param_space,
-        tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, scheduler=scheduler,
-                                    max_concurrent_trials=max_concurrent(resources, cluster)),
+        tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, scheduler=scheduler, search_alg=search_alg,
+                                    num_samples=num_samples, max_concurrent_trials=max_concurrent(resources, cluster)),
         run_config=tune.RunConfig(name=trial_name(exp.name), storage_path=storage_path, verbose=verbose,
                                   callbacks=[EpochLines(exp.name)],
                                   failure_config=tune.FailureConfig(max_failures=1)),
@@ -92,7 +101,7 @@ def run_experiment(exp: Experiment, search: SearchSpec, resources: ResourcesSpec
     for result in tuner.fit():
         metrics = dict(result.metrics or {})
         status = "error" if result.error else ("completed" if metrics.get("finished") else "stopped")
-        outcomes.append({"config": {k: v for k, v in (result.config or {}).items()},
+        outcomes.append({"config": strip_raw(result.config or {}),
                          "metrics": metrics, "status": status,
                          "error": f"{type(result.error).__name__}: {result.error}" if result.error else "",
                          "wall_time_s": float(metrics.get("time_total_s", math.nan)),

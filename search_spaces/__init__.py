@@ -1,14 +1,23 @@
-"""Hyper-parameter spaces and study presets (one module per preset, each a small SPEC dict)."""
+"""Hyper-parameter spaces and study presets (each preset a small SPEC dict in its own module)."""
 from __future__ import annotations
 
-from types import ModuleType
 from typing import Dict
 
-from search_spaces import quickstart, survey_synthetic
+from search_spaces import balancing_survey, balancing_synthetic, ial_synthetic, jtr_nyuv2_onelabel
+from search_spaces import quickstart, survey_celeba, survey_nyud, survey_pascal, survey_synthetic
 
-PRESETS: Dict[str, ModuleType] = {
-    "quickstart": quickstart,
-    "survey_synthetic": survey_synthetic,
+PRESETS: Dict[str, dict] = {
+    "quickstart": quickstart.SPEC,
+    "survey_synthetic": survey_synthetic.SPEC,
+    "balancing_synthetic": balancing_synthetic.SPEC,
+    "ial_synthetic": ial_synthetic.SPEC,
+    "survey_nyud": survey_nyud.SPEC,
+    "jtr_nyuv2_onelabel": jtr_nyuv2_onelabel.SPEC,
+    "survey_pascal": survey_pascal.SPEC,
+    "survey_celeba": survey_celeba.SPEC,
+    "balancing_nyud": balancing_survey.NYUD_SPEC,
+    "balancing_cityscapes": balancing_survey.CITYSCAPES_SPEC,
+    "balancing_celeba": balancing_survey.CELEBA_SPEC,
 }
 
 
@@ -16,4 +25,4 @@ def preset(name: str) -> dict:
     """The SPEC dict of a preset, or a KeyError listing the presets."""
     if name not in PRESETS:
         raise KeyError(f"unknown preset {name!r}; presets: {', '.join(sorted(PRESETS))}")
-    return PRESETS[name].SPEC
+    return PRESETS[name]

@@ -82,3 +82,40 @@ def test_second_study_trains_no_baseline(first_run):
     assert "single-task baselines: 4 cached, 0 to train" in lines
     single = [r for r in out["rows"] if r["role"] == "single_task"]
     assert single and all(r["cached"] for r in single)
+
+
+def test_loss_weight_search_through_optuna(first_run):
+    spec, storage, _, _ = first_run
+    tpe = spec.replace(name="e2e_tpe", experiments=load_spec({**SPEC, "experiments": [
+        {"name": "fixed_tpe", "balancer": "fixed", "weight_search": {"num_samples": 2, "seed": 0}}]}).experiments)
+    out = run_study(tpe, storage=str(storage), log=lambda _: None)
+    multi = [r for r in out["rows"] if r["role"] == "multi_task"]
+    weights = [json.loads(r["config_json"])["balancer_params"]["weights"] for r in multi]
+    assert len(multi) == 2 and weights[0] != weights[1]
+    assert all(set(w) == {"semseg", "depth"} and all(0.1 <= v <= 10 for v in w.values()) for w in weights)
+    best = [r for r in multi if r["selected"]]
+    assert len(best) == 1 and best[0]["val_delta_m"] == max(r["val_delta_m"] for r in multi if r["status"] == "completed")
+
+
+def _nyud_writer():
+    """The NYUD fixture-tree writer of the loader tests (tests/ has no packages to import from)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "trainables", "test_datasets_nyud_cityscapes.py")
+    spec = importlib.util.spec_from_file_location("nyud_fixtures", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.write_nyud
+
+
+def test_survey_nyud_preset_smoke_on_a_fixture_tree(ray_session, tmp_path):
+    """The survey's NYUD study (ResNet-50 dilated + ASPP) in --smoke on files in the NYUD_MT
+    format: the same code path as on the real dataset."""
+    root = tmp_path / "NYUD_MT"
+    _nyud_writer()(root)
+    assert main(["run", "survey_nyud", "--smoke", "--data-root", str(root), "--storage", str(tmp_path / "runs")]) == 0
+    rows = read_rows(str(tmp_path / "runs" / "survey_nyud"))
+    multi = [r for r in rows if r["role"] == "multi_task"]
+    assert multi and multi[0]["status"] == "completed"
+    # #P of the NYUD MTL baseline at the survey's size: 55.8 M (Table 3)
+    assert multi[0]["params"] / 1e6 == pytest.approx(55.8, abs=0.1)

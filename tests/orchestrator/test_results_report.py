@@ -113,3 +113,19 @@ def test_seeds_are_reported_as_mean_and_std():
     _, body = table_rows(rows, primary_task="depth")
     assert body[0][1] == "1.00 ± 0.00" and body[0][2] == "42.00 ± 2.00"  # primary task's column first
     assert body[0][-1] == "+2.00 ± 1.00"
+
+
+def test_each_task_primary_row_composes_metrics_from_its_experiments():
+    s_sem = row(cfg("semseg"), "single_task", {}, {"semseg/miou": 50.0}, selected=True)
+    s_dep = row(cfg("depth"), "single_task", {}, {"depth/rmse": 2.0}, selected=True)
+    rows = [s_sem, s_dep]
+    for primary, metrics in (("semseg", {"semseg/miou": 55.0, "depth/rmse": 9.0}),
+                             ("depth", {"semseg/miou": 10.0, "depth/rmse": 1.0})):
+        c = TrialConfig.from_dict({**cfg().to_dict(), "experiment": f"ial_{primary}", "primary_task": primary,
+                                   "balancer": "fixed"})
+        rows.append(row(c, "multi_task", {}, metrics, val_dm=0.0, test_dm=0.0, selected=True))
+    _, body = table_rows(rows)
+    composed = body[-1]
+    assert composed[0] == "fixed (each task primary)"
+    assert composed[1:3] == ["55.00", "1.00"]      # each metric from the run where it was primary
+    assert composed[-1] == "+30.00"                # mean of +10% (miou) and +50% (rmse)

@@ -1,0 +1,54 @@
+"""Optuna TPE over the fixed balancer's task weights (and the grid setting), for Ray Tune.
+
+The space is define-by-run: per trial, Optuna suggests a grid-setting index and one number per
+task; the function returns the resolved ``hp`` and ``balancer_params`` as constants, which Tune
+merges into the trial's config. Optuna's raw suggestions carry the ``_opt_`` prefix and are
+dropped before the config becomes a TrialConfig.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Mapping, Sequence
+
+from orchestrator.spec import LossWeightSearch
+
+RAW_PREFIX = "_opt_"
+
+
+def simplex_weights(uniforms: Sequence[float]) -> list:
+    """Weights summing to T from T uniforms in (0, 1]: normalised -log u (a flat Dirichlet)."""
+    e = [-math.log(max(u, 1e-12)) for u in uniforms]
+    total = sum(e) or 1.0
+    return [len(e) * x / total for x in e]
+
+
+class WeightSpace:
+    """The define-by-run function for ``OptunaSearch(space=...)`` (a class: Tune pickles it)."""
+
+    def __init__(self, tasks: Sequence[str], settings: Sequence[dict], ws: LossWeightSearch,
+                 base_params: Mapping[str, Any]):
+        self.tasks, self.settings = list(tasks), [dict(s) for s in settings]
+        self.ws, self.base_params = ws, dict(base_params)
+
+    def __call__(self, trial) -> Dict[str, Any]:
+        ws = self.ws
+        index = trial.suggest_categorical(f"{RAW_PREFIX}setting", list(range(len(self.settings))))
+        if ws.space == "simplex":
+            weights = simplex_weights([trial.suggest_float(f"{RAW_PREFIX}u_{t}", 1e-6, 1.0) for t in self.tasks])
+        else:
+            weights = [trial.suggest_float(f"{RAW_PREFIX}w_{t}", ws.low, ws.high, log=True) for t in self.tasks]
+        return {"hp": self.settings[index],
+                "balancer_params": {**self.base_params, "weights": dict(zip(self.tasks, weights))}}
+
+
+def make_searcher(tasks: Sequence[str], settings: Sequence[dict], ws: LossWeightSearch,
+                  base_params: Mapping[str, Any], metric: str, mode: str):
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    return OptunaSearch(space=WeightSpace(tasks, settings, ws, base_params), metric=metric, mode=mode,
+                        sampler=optuna.samplers.TPESampler(seed=ws.seed))
+
+
+def strip_raw(config: Mapping[str, Any]) -> Dict[str, Any]:
+    return {k: v for k, v in config.items() if not k.startswith(RAW_PREFIX)}
