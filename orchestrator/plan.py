@@ -60,7 +60,8 @@ def validate(spec: StudySpec) -> DatasetInfo:
         if exp.head:
             _known(HEADS, exp.head.name, f"{where}.head.name")
         try:
-            build_balancer(exp.balancer.name, spec.tasks, _balancer_params(spec, exp))
+            build_balancer(exp.balancer.name, spec.tasks, exp.balancer.params,
+                           run_defaults={"primary_task": exp.primary_task or spec.primary_task})
         except (TypeError, ValueError) as err:
             raise SpecError(f"{where}.balancer.params: {err}") from None
         try:
@@ -72,17 +73,6 @@ def validate(spec: StudySpec) -> DatasetInfo:
     if not settings_of(spec, info):
         raise SpecError("search: the filters select none of the survey grid's 48 settings")
     return info
-
-
-def _balancer_params(spec: StudySpec, exp: ExperimentSpec) -> Dict[str, Any]:
-    """The balancer's parameters; a balancer that takes ``primary_task`` gets the study's."""
-    import inspect
-
-    params = dict(exp.balancer.params)
-    accepted = inspect.signature(BALANCERS.get(exp.balancer.name).__init__).parameters
-    if "primary_task" in accepted and "primary_task" not in params:
-        params["primary_task"] = exp.primary_task or spec.primary_task
-    return params
 
 
 def _known(registry, name: str, where: str) -> None:
@@ -145,7 +135,7 @@ def expand(spec: StudySpec, info: DatasetInfo, data_root: str | None) -> Tuple[L
             exp.name, "multi_task",
             {**common, **models, "experiment": exp.name, "tasks": tuple(spec.tasks),
              "architecture": exp.architecture.name, "architecture_params": dict(exp.architecture.params),
-             "balancer": exp.balancer.name, "balancer_params": _balancer_params(spec, exp),
+             "balancer": exp.balancer.name, "balancer_params": dict(exp.balancer.params),
              "primary_task": exp.primary_task or spec.primary_task},
             settings, spec.train.seeds, exp.weight_search))
     return list(baselines.values()), experiments

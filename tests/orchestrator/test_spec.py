@@ -43,6 +43,8 @@ def test_structural_errors_name_the_field(changes, message):
     ({"experiments": [{"name": "m", "balancer": {"name": "fixed", "params": {"temperature": 2}}}]},
      r"^experiments\[0\].balancer.params: .*unknown parameters \['temperature'\]"),
     ({"search": {"optimizers": ["rmsprop"]}}, r"^search: the filters select none"),
+    ({"experiments": [{"name": "m", "balancer": "ial"}]},
+     r"^experiments\[0\].balancer.params: balancer 'ial': primary_task is required"),
     ({"dataset": {"name": "synthetic", "params": {"image_size": 7}}}, r"^dataset.params: .*image_size"),
 ])
 def test_registry_errors_name_the_field(changes, message):
