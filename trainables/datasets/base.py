@@ -16,6 +16,8 @@ Class methods every dataset plug-in provides:
     prepare(root, **params) -> str|None  # driver-side, before any Ray work: generate / check;
                                          # the constructor takes the same ``root``
 Optional class attribute ``SMOKE_PARAMS``: parameters ``--smoke`` overrides to shrink the data.
+The real-data loaders implement ``prepare`` / ``check`` and the split selection once, in
+``trainables.datasets.disk.DiskDataset``.
 
 
 Splits: "train", "val" and "test". Model selection uses "val" and the reported numbers use

@@ -36,6 +36,8 @@ import torch
 
 from trainables.datasets import common
 from trainables.datasets.base import SPLITS, DatasetInfo, TaskSpec
+from trainables.datasets.common import IMAGENET_MEAN, IMAGENET_STD
+from trainables.datasets.disk import DiskDataset
 from trainables.registry import register_dataset
 
 ATTRIBUTES = (
@@ -47,8 +49,6 @@ ATTRIBUTES = (
 ).split()
 TASK_NAMES = tuple(f"attr_{a.lower()}" for a in ATTRIBUTES)
 PARTITION = {"train": 0, "val": 1, "test": 2}
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-CHECK_DECODE = 200
 
 
 @dataclass(frozen=True)
@@ -152,8 +152,9 @@ def lists(root: str):
     return _lists(root, tuple(os.stat(p).st_mtime_ns for p in paths))
 
 
-def verify(root: str, decode: Optional[int]) -> Dict[str, int]:
-    """List files, every image's existence, and decoding of ``decode`` images per split."""
+def verify(root: str, p: CelebAParams, decode: Optional[int]) -> Dict[str, int]:
+    """List files, every image's existence, and decoding of ``decode`` images per split
+    (no parameter changes what is checked)."""
     files, _ = lists(root)
     images = common.require_dir(os.path.join(folder(root), "img_align_celeba"), "CelebA images")
     n_decoded = 0
@@ -167,7 +168,7 @@ def verify(root: str, decode: Optional[int]) -> Dict[str, int]:
 
 
 @register_dataset("celeba")
-class CelebA(torch.utils.data.Dataset):
+class CelebA(DiskDataset):
     """CelebA: 40 binary face attributes (one "attribute" task each), official partition.
 
     Args:
@@ -178,11 +179,16 @@ class CelebA(torch.utils.data.Dataset):
         **params: CelebAParams fields.
     """
 
+    NAME, TASK_NAMES, PARAMS, ROOT = "celeba", TASK_NAMES, CelebAParams, "the folder holding celeba/"
+    ROOT_HINTS = dict.fromkeys(("prepare", "check", "init"), "(--data-root / dataset.root)")
+    HOLDOUT = None  # the official partition has all three splits
     SMOKE_PARAMS = {"max_samples": 64, "image_size": (64, 64), "crop_padding": 4}
+    verify = staticmethod(verify)  # the module's verify(root, p, decode)
+    files = property(lambda self: self.items, doc="the image file of each item")
 
     @classmethod
     def describe(cls, **params) -> DatasetInfo:
-        p = common.params_from_kwargs(CelebAParams, "celeba", params)
+        p = cls.params_of(params)
         return DatasetInfo(
             name="celeba",
             tasks={t: TaskSpec("attribute", {}) for t in TASK_NAMES},
@@ -191,56 +197,23 @@ class CelebA(torch.utils.data.Dataset):
             notes="CelebA: 40 binary attributes (attr_<name>), official partition 162,770 / 19,867 / 19,962",
         )
 
-    @classmethod
-    def prepare(cls, root: Optional[str], **params) -> Optional[str]:
-        """Cheap checks before a study: list files, every image's existence, two decoded per split."""
-        common.params_from_kwargs(CelebAParams, "celeba", params)
-        verify(_root(root), decode=2)
-        return None
-
-    @classmethod
-    def check(cls, root: Optional[str], **params) -> Dict:
-        """``mtl data check``: verify the files (see the module docstring), then summarise."""
-        common.params_from_kwargs(CelebAParams, "celeba", params)
-        counts = verify(_root(root), decode=CHECK_DECODE)
-        summary = common.summarize(lambda split: cls(root, split, list(TASK_NAMES), **params), SPLITS)
-        return {**summary, "checked": counts}
+    def official_items(self, name: str) -> List[str]:
+        return lists(self.root)[0][name]
 
     def __init__(self, root: Optional[str], split: str, tasks: Sequence[str], augment: bool = False, **params):
-        if split not in SPLITS:
-            raise ValueError(f"celeba: unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
-        tasks = [tasks] if isinstance(tasks, str) else list(dict.fromkeys(tasks))
-        bad = [t for t in tasks if t not in TASK_NAMES]
-        if bad:
-            raise ValueError(f"celeba: unknown task(s) {bad}; valid tasks: {', '.join(TASK_NAMES)}")
-        self.params = p = common.params_from_kwargs(CelebAParams, "celeba", params)
-        self.root, self.split, self.tasks, self.augment = _root(root), split, tasks, bool(augment)
-        files, labels = lists(self.root)
-        n = min(len(files[split]), p.max_samples or len(files[split]))
-        self.source_indices = list(range(n))  # each item's row among its split's images
-        self.files = files[split][:n]
-        columns = [TASK_NAMES.index(t) for t in tasks]
-        self.labels = torch.from_numpy(np.ascontiguousarray(labels[split][:n][:, columns]))
+        super().__init__(root, split, tasks, augment, **params)
+        columns = [TASK_NAMES.index(t) for t in self.tasks]
+        labels = lists(self.root)[1][split][: len(self.source_indices)]
+        self.labels = torch.from_numpy(np.ascontiguousarray(labels[:, columns]))
         self.images = os.path.join(folder(self.root), "img_align_celeba")
-
-    def __len__(self) -> int:
-        return len(self.files)
 
     def __getitem__(self, i: int) -> Dict[str, object]:
         p = self.params
-        rgb = common.read_image(os.path.join(self.images, self.files[i]), "RGB")
+        rgb = common.read_image(os.path.join(self.images, self.items[i]), "RGB")
         image = common.resize_map(torch.from_numpy(rgb).permute(2, 0, 1).float() / 255.0, p.image_size, "bilinear")
         if self.augment:
             image = common.pad_random_crop(image, p.crop_padding)
             if p.flip and bool(torch.rand(()) < 0.5):
                 image = image.flip(-1)
-        image = (image - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
-        return {"image": image.contiguous(),
-                "targets": {t: self.labels[i, k].clone() for k, t in enumerate(self.tasks)},
-                "mask": {t: torch.tensor(True) for t in self.tasks}}
-
-
-def _root(root: Optional[str]) -> str:
-    if root is None:
-        raise common.DataCheckError("<no root>", "the folder holding celeba/ (--data-root / dataset.root)")
-    return root
+        targets = {t: self.labels[i, k].clone() for k, t in enumerate(self.tasks)}
+        return self.make_item(common.standardize(image, IMAGENET_MEAN, IMAGENET_STD), targets)

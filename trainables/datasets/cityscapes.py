@@ -57,16 +57,15 @@ import numpy as np
 import torch
 
 from trainables.datasets import common
-from trainables.datasets.base import SPLITS, DatasetInfo, TaskSpec
+from trainables.datasets.base import DatasetInfo, TaskSpec
+from trainables.datasets.common import IMAGENET_MEAN, IMAGENET_STD
+from trainables.datasets.disk import DiskDataset
 from trainables.registry import register_dataset
 
 TASK_NAMES = ("semseg", "depth", "instance_center")
 N_CLASSES = 19
 NATIVE_SIZE = (1024, 2048)
 BASELINE_M, FOCAL_PX = 0.209313, 2262.52
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CHECK_DECODE = 200
 # labelId -> trainId (cityscapesScripts labels.py); ids not listed are ignored (255).
 TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11,
              25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
@@ -209,7 +208,7 @@ def verify(root: str, p: CityscapesParams, decode: Optional[int]) -> Dict[str, i
 
 
 @register_dataset("cityscapes")
-class Cityscapes(torch.utils.data.Dataset):
+class Cityscapes(DiskDataset):
     """Cityscapes (official layout): 19-class semseg, disparity / depth, instance centres, 256 x 512.
 
     Args:
@@ -220,12 +219,15 @@ class Cityscapes(torch.utils.data.Dataset):
         **params: CityscapesParams fields.
     """
 
+    NAME, TASK_NAMES, PARAMS, ROOT = "cityscapes", TASK_NAMES, CityscapesParams, "the Cityscapes folder"
     SMOKE_PARAMS = {"max_samples": 8}
     IGNORE_RULES = {**common.DEFAULT_IGNORE_RULES, "instance_center": lambda t: torch.isnan(t)}
+    verify = staticmethod(verify)  # the module's verify(root, p, decode)
+    samples = property(lambda self: self.items, doc="(city, base name) of each item")
 
     @classmethod
     def describe(cls, **params) -> DatasetInfo:
-        p = common.params_from_kwargs(CityscapesParams, "cityscapes", params)
+        p = cls.params_of(params)
         return DatasetInfo(
             name="cityscapes",
             tasks={"semseg": TaskSpec("semseg", {"num_classes": N_CLASSES}), "depth": TaskSpec("depth", {}),
@@ -235,50 +237,12 @@ class Cityscapes(torch.utils.data.Dataset):
             notes=f"Cityscapes official layout; depth as {p.depth_from_disparity}; official val served as test",
         )
 
-    @classmethod
-    def prepare(cls, root: Optional[str], **params) -> Optional[str]:
-        """Cheap checks before a study: folders, files, two decoded samples per split."""
-        p = common.params_from_kwargs(CityscapesParams, "cityscapes", params)
-        if root is None:
-            raise common.DataCheckError("<no root>", "the Cityscapes folder (--data-root / dataset.root)")
-        verify(root, p, decode=2)
-        return None
-
-    @classmethod
-    def check(cls, root: Optional[str], **params) -> Dict:
-        """``mtl data check``: verify the files (see the module docstring), then summarise."""
-        p = common.params_from_kwargs(CityscapesParams, "cityscapes", params)
-        if root is None:
-            raise common.DataCheckError("<no root>", "the Cityscapes folder (--root)")
-        counts = verify(root, p, decode=CHECK_DECODE)
-        summary = common.summarize(lambda split: cls(root, split, list(TASK_NAMES), **params), SPLITS)
-        return {**summary, "checked": counts}
-
-    def __init__(self, root: Optional[str], split: str, tasks: Sequence[str], augment: bool = False, **params):
-        if split not in SPLITS:
-            raise ValueError(f"cityscapes: unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
-        tasks = [tasks] if isinstance(tasks, str) else list(dict.fromkeys(tasks))
-        bad = [t for t in tasks if t not in TASK_NAMES]
-        if bad:
-            raise ValueError(f"cityscapes: unknown task(s) {bad}; valid tasks: {', '.join(TASK_NAMES)}")
-        if root is None:
-            raise common.DataCheckError("<no root>", "the Cityscapes folder (dataset.root)")
-        self.params = p = common.params_from_kwargs(CityscapesParams, "cityscapes", params)
-        self.root, self.split, self.tasks, self.augment = root, split, tasks, bool(augment)
-        self.folder_split = "val" if split == "test" else "train"
-        samples = official_samples(root, self.folder_split)
-        positions = list(range(len(samples)))
-        if split != "test":
-            positions = common.holdout_split(positions, split, p.val_fraction, p.seed)
-        self.source_indices = positions[: p.max_samples] if p.max_samples else positions
-        self.samples = [samples[i] for i in self.source_indices]
-
-    def __len__(self) -> int:
-        return len(self.samples)
+    def official_items(self, name: str) -> List[Tuple[str, str]]:
+        return official_samples(self.root, name)
 
     def __getitem__(self, i: int) -> Dict[str, object]:
         p = self.params
-        a = read_sample(paths(self.root, self.folder_split, *self.samples[i]), self.tasks, p.native_size)
+        a = read_sample(paths(self.root, self.official_split, *self.items[i]), self.tasks, p.native_size)
         size = p.size or a["image"].shape[:2]
         image = common.resize_map(common.normalize_image(a["image"], IMAGENET_MEAN, IMAGENET_STD), size, "bilinear")
         targets: Dict[str, torch.Tensor] = {}
@@ -291,20 +255,6 @@ class Cityscapes(torch.utils.data.Dataset):
             else:
                 targets[task] = instance_offsets(a["instance_center"], size)
         if self.augment:
-            image, targets = self._augment(image, targets)
-        return {"image": image.contiguous(), "targets": {k: v.contiguous() for k, v in targets.items()},
-                "mask": {t: torch.tensor(True) for t in self.tasks}}
-
-    def _augment(self, image: torch.Tensor, targets: Dict[str, torch.Tensor]):
-        image, targets, s, (fy, fx) = common.random_scale_crop(image, targets, self.params.scales)
-        if s != 1.0:
-            if "depth" in targets:
-                disparity = self.params.depth_from_disparity == "disparity"
-                targets["depth"] = targets["depth"] * s if disparity else targets["depth"] / s
-            if "instance_center" in targets:
-                targets["instance_center"] = targets["instance_center"] * torch.tensor([fy, fx]).view(2, 1, 1)
-        if self.params.flip and bool(torch.rand(()) < 0.5):
-            image, targets = common.hflip(image, targets)
-            if "instance_center" in targets:
-                targets["instance_center"] = targets["instance_center"] * torch.tensor([1.0, -1.0]).view(2, 1, 1)
-        return image, targets
+            disparity = p.depth_from_disparity == "disparity"
+            image, targets = common.zoom_and_flip(image, targets, p.scales, p.flip, disparity=disparity)
+        return self.make_item(image, targets)

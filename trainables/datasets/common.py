@@ -1,5 +1,6 @@
 """Shared pieces of the real-dataset loaders: file readers that name the file on failure,
-the seeded val hold-out, augmentation helpers, and the ``mtl data check`` summary.
+the seeded val hold-out, image and augmentation helpers, and the ``mtl data check`` summary
+(the loaders' shared class is ``trainables.datasets.disk.DiskDataset``).
 
 Every reader raises ``DataCheckError`` with the path and what was expected, so a corrupt or
 missing file is reported as one line before any expensive work starts.
@@ -7,10 +8,13 @@ missing file is reported as one line before any expensive work starts.
 from __future__ import annotations
 
 import os
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class DataCheckError(ValueError):
@@ -103,8 +107,18 @@ def normalize_image(image: np.ndarray, mean: Sequence[float], std: Sequence[floa
     x = torch.from_numpy(np.ascontiguousarray(image)).float()
     if image.dtype == np.uint8:
         x = x / 255.0
-    x = x.permute(2, 0, 1)
+    return standardize(x.permute(2, 0, 1), mean, std)
+
+
+def standardize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """[3, H, W] -> (x - mean) / std per channel."""
     return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+
+
+def unit_normals(n: torch.Tensor) -> torch.Tensor:
+    """[3, H, W] normals renormalised to unit length; zero vectors (invalid) stay zero."""
+    norm = n.norm(dim=0, keepdim=True)
+    return torch.where(norm > 0, n / norm.clamp_min(1e-12), torch.zeros_like(n))
 
 
 def summarize(make: Callable[[str], torch.utils.data.Dataset], splits: Iterable[str], max_samples: int = 8) -> Dict:
@@ -221,6 +235,28 @@ def require_file(path: str, what: str) -> str:
     return path
 
 
+def thin(mask: np.ndarray) -> np.ndarray:
+    """Zhang & Suen's thinning ("A fast parallel algorithm for thinning digital patterns",
+    CACM 1984): peel boundary pixels in two alternating sub-iterations until none changes."""
+    img = np.pad(mask.astype(np.uint8), 1)
+    changed = True
+    while changed:
+        changed = False
+        for first in (True, False):
+            c = img[1:-1, 1:-1]  # a view: deletions apply in place
+            ring = [img[:-2, 1:-1], img[:-2, 2:], img[1:-1, 2:], img[2:, 2:],  # P2..P5
+                    img[2:, 1:-1], img[2:, :-2], img[1:-1, :-2], img[:-2, :-2]]  # P6..P9
+            p2, p4, p6, p8 = ring[0], ring[2], ring[4], ring[6]
+            b = sum(r.astype(np.int32) for r in ring)
+            a = sum(((ring[i] == 0) & (ring[(i + 1) % 8] == 1)).astype(np.int32) for i in range(8))
+            c1, c2 = (p2 & p4 & p6, p4 & p6 & p8) if first else (p2 & p4 & p8, p2 & p6 & p8)
+            kill = (c == 1) & (b >= 2) & (b <= 6) & (a == 1) & (c1 == 0) & (c2 == 0)
+            if kill.any():
+                c[kill] = 0
+                changed = True
+    return img[1:-1, 1:-1].astype(bool)
+
+
 def resize_map(t: torch.Tensor, size: Sequence[int], mode: str = "nearest") -> torch.Tensor:
     """Resize a [H, W] or [C, H, W] tensor to ``size`` = (H', W'), keeping its dtype.
 
@@ -272,6 +308,28 @@ def random_scale_crop(image: torch.Tensor, maps: Dict[str, torch.Tensor], scales
 def hflip(image: torch.Tensor, maps: Dict[str, torch.Tensor]):
     """Mirror the image and every dense map left-right (callers negate x components)."""
     return image.flip(-1), {k: m.flip(-1) for k, m in maps.items()}
+
+
+def zoom_and_flip(image: torch.Tensor, targets: Dict[str, torch.Tensor], scales: Sequence[float], flip: bool,
+                  disparity: bool = False):
+    """The random zoom-crop of ``random_scale_crop``, then (if ``flip``) a horizontal flip with
+    probability 1/2, fixing the values the geometry changes: "depth" is divided by the zoom s
+    (metric: the scene comes s times closer) or, with ``disparity``, multiplied by it;
+    "instance_center" offsets are multiplied by the zoom factors; a flip negates the x
+    component of "normals" and the dx of "instance_center". Returns (image, targets)."""
+    image, targets, s, (fy, fx) = random_scale_crop(image, targets, scales)
+    if s != 1.0:
+        if "depth" in targets:
+            targets["depth"] = targets["depth"] * s if disparity else targets["depth"] / s
+        if "instance_center" in targets:
+            targets["instance_center"] = targets["instance_center"] * torch.tensor([fy, fx]).view(2, 1, 1)
+    if flip and bool(torch.rand(()) < 0.5):
+        image, targets = hflip(image, targets)
+        if "normals" in targets:
+            targets["normals"] = targets["normals"] * torch.tensor([-1.0, 1.0, 1.0]).view(3, 1, 1)
+        if "instance_center" in targets:
+            targets["instance_center"] = targets["instance_center"] * torch.tensor([1.0, -1.0]).view(2, 1, 1)
+    return image, targets
 
 
 def pad_random_crop(image: torch.Tensor, padding: int) -> torch.Tensor:

@@ -46,12 +46,11 @@ import numpy as np
 import torch
 
 from trainables.datasets import common
-from trainables.datasets.base import SPLITS, DatasetInfo, TaskSpec
+from trainables.datasets.base import DatasetInfo, TaskSpec
+from trainables.datasets.common import IMAGENET_MEAN, IMAGENET_STD
+from trainables.datasets.disk import DiskDataset
 from trainables.registry import register_dataset
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CHECK_DECODE = 200
 TASK_FOLDER = {"semseg": "label", "depth": "depth", "normals": "normal"}
 _NPY = re.compile(r"^(\d+)\.npy$")
 
@@ -97,19 +96,15 @@ def indices(folder: str) -> List[int]:
     return found
 
 
-class _MTANArrays(torch.utils.data.Dataset):
-    """The shared reader; subclasses set the name, tasks, folders and sizes."""
+class _MTANArrays(DiskDataset):
+    """The shared reader; subclasses set the name, root wording, tasks, folders and sizes."""
 
-    NAME: ClassVar[str] = ""
-    TASKS: ClassVar[Tuple[str, ...]] = ()
+    PARAMS = MTANParams
+    ROOT_HINTS = {"prepare": "holding train/ and val/", "check": "holding train/ and val/", "init": "(dataset.root)"}
     DEFAULT_SIZE: ClassVar[Tuple[int, int]] = (0, 0)
     BATCH_SIZES: ClassVar[Tuple[int, int, int]] = (2, 4, 8)
     DEPTH_IS_DISPARITY: ClassVar[bool] = False
     SMOKE_PARAMS = {"max_samples": 8}
-
-    @classmethod
-    def _params(cls, params) -> MTANParams:
-        return common.params_from_kwargs(MTANParams, cls.NAME, params)
 
     @classmethod
     def num_classes(cls, p: MTANParams) -> int:
@@ -121,30 +116,28 @@ class _MTANArrays(torch.utils.data.Dataset):
 
     @classmethod
     def describe(cls, **params) -> DatasetInfo:
-        p = cls._params(params)
+        p = cls.params_of(params)
         tasks = {"semseg": TaskSpec("semseg", {"num_classes": cls.num_classes(p)}), "depth": TaskSpec("depth", {})}
-        if "normals" in cls.TASKS:
+        if "normals" in cls.TASK_NAMES:
             tasks["normals"] = TaskSpec("normals", {})
         return DatasetInfo(name=cls.NAME, tasks=tasks, input_size=p.image_size or cls.DEFAULT_SIZE,
                            default_batch_sizes=cls.BATCH_SIZES,
                            notes=f"MTAN preprocessed .npy, {cls.num_classes(p)} classes; official val served as test")
 
     @classmethod
-    def verify(cls, root: Optional[str], p: MTANParams, decode: Optional[int]) -> Dict[str, int]:
-        if root is None:
-            raise common.DataCheckError("<no root>", f"the {cls.NAME} folder holding train/ and val/")
+    def verify(cls, root: str, p: MTANParams, decode: Optional[int]) -> Dict[str, int]:
         common.require_dir(root, f"{cls.NAME} root")
         size, n_files, n_decoded = p.image_size, 0, 0
         for folder_split in ("train", "val"):
             base = common.require_dir(os.path.join(root, folder_split), f"{cls.NAME} {folder_split} split")
             n = len(indices(os.path.join(base, "image")))
-            for task in cls.TASKS:
+            for task in cls.TASK_NAMES:
                 folder = common.require_dir(os.path.join(base, cls.folder(task, p)), f"{task} of {folder_split}")
                 for i in range(n):
                     common.require_file(os.path.join(folder, f"{i}.npy"), f"{task} of sample {i}")
-            n_files += n * (1 + len(cls.TASKS))
+            n_files += n * (1 + len(cls.TASK_NAMES))
             for i in common.decode_sample(n, decode):
-                arrays = cls.read(root, folder_split, i, cls.TASKS, p, size)
+                arrays = cls.read(root, folder_split, i, cls.TASK_NAMES, p, size)
                 size = size or arrays["image"].shape[:2]
                 n_decoded += 1
         return {"files": n_files, "decoded": n_decoded}
@@ -178,43 +171,13 @@ class _MTANArrays(torch.utils.data.Dataset):
             out[task] = a
         return out
 
-    @classmethod
-    def prepare(cls, root: Optional[str], **params) -> Optional[str]:
-        """Cheap checks before a study: folders, files, two decoded samples per split."""
-        cls.verify(root, cls._params(params), decode=2)
-        return None
-
-    @classmethod
-    def check(cls, root: Optional[str], **params) -> Dict:
-        """``mtl data check``: verify the files (see the module docstring), then summarise."""
-        counts = cls.verify(root, cls._params(params), decode=CHECK_DECODE)
-        summary = common.summarize(lambda split: cls(root, split, list(cls.TASKS), **params), SPLITS)
-        return {**summary, "checked": counts}
-
-    def __init__(self, root: Optional[str], split: str, tasks: Sequence[str], augment: bool = False, **params):
-        if split not in SPLITS:
-            raise ValueError(f"{self.NAME}: unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
-        tasks = [tasks] if isinstance(tasks, str) else list(dict.fromkeys(tasks))
-        bad = [t for t in tasks if t not in self.TASKS]
-        if bad:
-            raise ValueError(f"{self.NAME}: unknown task(s) {bad}; valid tasks: {', '.join(self.TASKS)}")
-        if root is None:
-            raise common.DataCheckError("<no root>", f"the {self.NAME} folder (dataset.root)")
-        self.params = p = self._params(params)
-        self.root, self.split, self.tasks, self.augment = root, split, tasks, bool(augment)
-        self.folder_split = "val" if split == "test" else "train"
-        positions = indices(os.path.join(root, self.folder_split, "image"))
-        if split != "test":
-            positions = common.holdout_split(positions, split, p.val_fraction, p.seed)
-        # source_indices: each item's sample number i in its folder (partial-label files index it)
-        self.source_indices = positions[: p.max_samples] if p.max_samples else positions
-
-    def __len__(self) -> int:
-        return len(self.source_indices)
+    def official_items(self, name: str) -> List[int]:
+        """The sample numbers of the ``name`` folder (the items are their own source index)."""
+        return indices(os.path.join(self.root, name, "image"))
 
     def __getitem__(self, i: int) -> Dict[str, object]:
         p = self.params
-        a = self.read(self.root, self.folder_split, self.source_indices[i], self.tasks, p, p.image_size)
+        a = self.read(self.root, self.official_split, self.source_indices[i], self.tasks, p, p.image_size)
         if p.normalize == "imagenet":
             image = common.normalize_image(a["image"].astype(np.float32), IMAGENET_MEAN, IMAGENET_STD)
         else:
@@ -226,25 +189,12 @@ class _MTANArrays(torch.utils.data.Dataset):
                 seg[seg < 0] = 255
                 targets[task] = torch.from_numpy(seg)
             elif task == "normals":
-                n = torch.from_numpy(a["normals"].astype(np.float32)).permute(2, 0, 1)
-                norm = n.norm(dim=0, keepdim=True)
-                targets[task] = torch.where(norm > 0, n / norm.clamp_min(1e-12), torch.zeros_like(n))
+                targets[task] = common.unit_normals(torch.from_numpy(a["normals"].astype(np.float32)).permute(2, 0, 1))
             else:
                 targets[task] = torch.from_numpy(a["depth"].astype(np.float32))[None]
         if self.augment:
-            image, targets = self._augment(image, targets)
-        return {"image": image.contiguous(), "targets": {k: v.contiguous() for k, v in targets.items()},
-                "mask": {t: torch.tensor(True) for t in self.tasks}}
-
-    def _augment(self, image: torch.Tensor, targets: Dict[str, torch.Tensor]):
-        image, targets, s, _ = common.random_scale_crop(image, targets, self.params.scales)
-        if "depth" in targets and s != 1.0:
-            targets["depth"] = targets["depth"] * s if self.DEPTH_IS_DISPARITY else targets["depth"] / s
-        if self.params.flip and bool(torch.rand(()) < 0.5):
-            image, targets = common.hflip(image, targets)
-            if "normals" in targets:
-                targets["normals"] = targets["normals"] * torch.tensor([-1.0, 1.0, 1.0]).view(3, 1, 1)
-        return image, targets
+            image, targets = common.zoom_and_flip(image, targets, p.scales, p.flip, disparity=self.DEPTH_IS_DISPARITY)
+        return self.make_item(image, targets)
 
 
 def _numeric(path: str, a: np.ndarray) -> np.ndarray:
@@ -257,8 +207,8 @@ def _numeric(path: str, a: np.ndarray) -> np.ndarray:
 class NYUv2MTAN(_MTANArrays):
     """NYUv2 as preprocessed by MTAN (288 x 384, 13 classes, depth, normals; .npy per sample)."""
 
-    NAME = "nyuv2_mtan"
-    TASKS = ("semseg", "depth", "normals")
+    NAME, ROOT = "nyuv2_mtan", "the nyuv2_mtan folder"
+    TASK_NAMES = ("semseg", "depth", "normals")
     DEFAULT_SIZE = (288, 384)
     BATCH_SIZES = (2, 4, 8)  # MTAN / MTPSL train NYUv2 with batch 2; not in the survey
 
@@ -273,8 +223,8 @@ class NYUv2MTAN(_MTANArrays):
 class CityscapesMTAN(_MTANArrays):
     """Cityscapes as preprocessed by MTAN (128 x 256, 7 or 19 classes, disparity; .npy per sample)."""
 
-    NAME = "cityscapes_mtan"
-    TASKS = ("semseg", "depth")
+    NAME, ROOT = "cityscapes_mtan", "the cityscapes_mtan folder"
+    TASK_NAMES = ("semseg", "depth")
     DEFAULT_SIZE = (128, 256)
     BATCH_SIZES = (8, 16, 32)  # MTAN trains Cityscapes with batch 8; not in the survey
     DEPTH_IS_DISPARITY = True

@@ -36,7 +36,8 @@ import numpy as np
 import torch
 
 from trainables.datasets import common
-from trainables.datasets.base import SPLITS, DatasetInfo, TaskSpec
+from trainables.datasets.base import DatasetInfo, TaskSpec
+from trainables.datasets.disk import DiskDataset
 from trainables.registry import register_dataset
 
 N_TASKS, N_WAY, N_FINE = 20, 5, 100
@@ -136,8 +137,9 @@ def load(root: str, name: str) -> Dict[str, np.ndarray]:
     return read_file(path, os.stat(path).st_mtime_ns)
 
 
-def verify(root: str) -> Dict[str, str]:
-    """Both data files (decoded whole) and the meta file; returns task -> superclass name."""
+def verify(root: str, p: Optional[MultiCifar100Params] = None, decode: Optional[int] = None) -> Dict[str, str]:
+    """Both data files (decoded whole, whatever ``decode``; ``p`` changes nothing) and the meta
+    file; returns task -> superclass name."""
     for name in ("train", "test"):
         load(root, name)
     path = os.path.join(root, "cifar-100-python", "meta")
@@ -150,7 +152,7 @@ def verify(root: str) -> Dict[str, str]:
 
 
 @register_dataset("multi_cifar100")
-class MultiCifar100(torch.utils.data.Dataset):
+class MultiCifar100(DiskDataset):
     """Multi-task CIFAR-100: 20 five-way superclass tasks, one labelled task per image.
 
     Args:
@@ -161,11 +163,18 @@ class MultiCifar100(torch.utils.data.Dataset):
         **params: MultiCifar100Params fields.
     """
 
+    NAME, TASK_NAMES, PARAMS = "multi_cifar100", TASK_NAMES, MultiCifar100Params
+    ROOT = "the folder holding cifar-100-python/"
+    ROOT_HINTS = dict.fromkeys(("prepare", "check", "init"), "(--data-root / dataset.root)")
+    HOLDOUT = ("train", "test")  # the official files
+    PREPARE_DECODE = CHECK_DECODE = None  # the files are small: always decoded whole
+    CHECK_KEY = "superclasses"  # check reports each task's superclass (verify's result)
     SMOKE_PARAMS = {"max_samples": 256}
+    verify = staticmethod(verify)  # the module's verify(root, p, decode)
 
     @classmethod
     def describe(cls, **params) -> DatasetInfo:
-        common.params_from_kwargs(MultiCifar100Params, "multi_cifar100", params)
+        cls.params_of(params)
         return DatasetInfo(
             name="multi_cifar100",
             tasks={t: TaskSpec("scene", {"num_classes": N_WAY}) for t in TASK_NAMES},
@@ -174,40 +183,14 @@ class MultiCifar100(torch.utils.data.Dataset):
             notes="CIFAR-100 as 20 five-way superclass tasks (Auto-Lambda); one task labelled per image",
         )
 
-    @classmethod
-    def prepare(cls, root: Optional[str], **params) -> Optional[str]:
-        """Checks before a study: the three files, decoded whole (they are small)."""
-        common.params_from_kwargs(MultiCifar100Params, "multi_cifar100", params)
-        verify(_root(root))
-        return None
-
-    @classmethod
-    def check(cls, root: Optional[str], **params) -> Dict:
-        """``mtl data check``: verify the files, then summarise (plus each task's superclass)."""
-        common.params_from_kwargs(MultiCifar100Params, "multi_cifar100", params)
-        superclasses = verify(_root(root))
-        summary = common.summarize(lambda split: cls(root, split, list(TASK_NAMES), **params), SPLITS)
-        return {**summary, "superclasses": superclasses}
+    def official_items(self, name: str) -> range:
+        """The rows of the official file ``name`` (the items are their own source index)."""
+        return range(len(load(self.root, name)["task"]))
 
     def __init__(self, root: Optional[str], split: str, tasks: Sequence[str], augment: bool = False, **params):
-        if split not in SPLITS:
-            raise ValueError(f"multi_cifar100: unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
-        tasks = [tasks] if isinstance(tasks, str) else list(dict.fromkeys(tasks))
-        bad = [t for t in tasks if t not in TASK_NAMES]
-        if bad:
-            raise ValueError(f"multi_cifar100: unknown task(s) {bad}; valid tasks: {', '.join(TASK_NAMES)}")
-        self.params = p = common.params_from_kwargs(MultiCifar100Params, "multi_cifar100", params)
-        self.root, self.split, self.tasks, self.augment = _root(root), split, tasks, bool(augment)
-        self.data = load(self.root, "test" if split == "test" else "train")
-        positions = list(range(len(self.data["task"])))
-        if split != "test":
-            positions = common.holdout_split(positions, split, p.val_fraction, p.seed)
-        # source_indices: each item's row in its official file (partial-label files index it)
-        self.source_indices = positions[: p.max_samples] if p.max_samples else positions
-        self.task_ids = [TASK_NAMES.index(t) for t in tasks]
-
-    def __len__(self) -> int:
-        return len(self.source_indices)
+        super().__init__(root, split, tasks, augment, **params)
+        self.data = load(self.root, self.official_split)
+        self.task_ids = [TASK_NAMES.index(t) for t in self.tasks]
 
     def __getitem__(self, i: int) -> Dict[str, object]:
         j, p = self.source_indices[i], self.params
@@ -216,14 +199,7 @@ class MultiCifar100(torch.utils.data.Dataset):
             image = common.pad_random_crop(image, p.crop_padding)
             if p.flip and bool(torch.rand(()) < 0.5):
                 image = image.flip(-1)
-        image = (image - torch.tensor(CIFAR100_MEAN).view(3, 1, 1)) / torch.tensor(CIFAR100_STD).view(3, 1, 1)
         own, cls = int(self.data["task"][j]), int(self.data["cls"][j])
-        return {"image": image.contiguous(),
-                "targets": {t: torch.tensor(cls if k == own else 0, dtype=torch.long) for t, k in zip(self.tasks, self.task_ids)},
-                "mask": {t: torch.tensor(k == own) for t, k in zip(self.tasks, self.task_ids)}}
-
-
-def _root(root: Optional[str]) -> str:
-    if root is None:
-        raise common.DataCheckError("<no root>", "the folder holding cifar-100-python/ (--data-root / dataset.root)")
-    return root
+        targets = {t: torch.tensor(cls if k == own else 0, dtype=torch.long) for t, k in zip(self.tasks, self.task_ids)}
+        mask = {t: torch.tensor(k == own) for t, k in zip(self.tasks, self.task_ids)}
+        return self.make_item(common.standardize(image, CIFAR100_MEAN, CIFAR100_STD), targets, mask)

@@ -44,15 +44,14 @@ import numpy as np
 import torch
 
 from trainables.datasets import common
-from trainables.datasets.base import SPLITS, DatasetInfo, TaskSpec
+from trainables.datasets.base import DatasetInfo, TaskSpec
+from trainables.datasets.common import IMAGENET_MEAN, IMAGENET_STD
+from trainables.datasets.disk import DiskDataset
 from trainables.registry import register_dataset
 
 TASK_NAMES = ("semseg", "depth", "normals", "edge")
 N_CLASSES = 40
 DEFAULT_SIZE = (480, 640)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CHECK_DECODE = 200  # check decodes every sample of a list up to this length, else this many
 # file kind -> (folder, extension)
 FILES = {"image": ("images", ".jpg"), "semseg": ("segmentation", ".png"), "depth": ("depth", ".npy"),
          "normals": ("normals", ".npy"), "edge": ("edge", ".npy")}
@@ -155,7 +154,7 @@ def verify(root: str, p: NYUDParams, decode: Optional[int]) -> Dict[str, int]:
 
 
 @register_dataset("nyud")
-class NYUD(torch.utils.data.Dataset):
+class NYUD(DiskDataset):
     """NYUD-v2 (survey layout): 40-class semseg, depth, normals, edge at 480 x 640.
 
     Args:
@@ -167,11 +166,14 @@ class NYUD(torch.utils.data.Dataset):
         **params: NYUDParams fields.
     """
 
+    NAME, TASK_NAMES, PARAMS, ROOT = "nyud", TASK_NAMES, NYUDParams, "the NYUD_MT folder"
     SMOKE_PARAMS = {"max_samples": 8}
+    verify = staticmethod(verify)  # the module's verify(root, p, decode)
+    ids = property(lambda self: self.items, doc="the official id of each item")
 
     @classmethod
     def describe(cls, **params) -> DatasetInfo:
-        p = common.params_from_kwargs(NYUDParams, "nyud", params)
+        p = cls.params_of(params)
         return DatasetInfo(
             name="nyud",
             tasks={"semseg": TaskSpec("semseg", {"num_classes": N_CLASSES}), "depth": TaskSpec("depth", {}),
@@ -181,49 +183,11 @@ class NYUD(torch.utils.data.Dataset):
             notes="NYUD-v2 (survey NYUD_MT layout): 795 train / 654 val served as test; 40 classes",
         )
 
-    @classmethod
-    def prepare(cls, root: Optional[str], **params) -> Optional[str]:
-        """Cheap checks before a study: structure, id lists, files, two decoded samples per list."""
-        p = common.params_from_kwargs(NYUDParams, "nyud", params)
-        if root is None:
-            raise common.DataCheckError("<no root>", "the NYUD_MT folder (--data-root / dataset.root)")
-        verify(root, p, decode=2)
-        return None
-
-    @classmethod
-    def check(cls, root: Optional[str], **params) -> Dict:
-        """``mtl data check``: verify the files (see the module docstring), then summarise."""
-        p = common.params_from_kwargs(NYUDParams, "nyud", params)
-        if root is None:
-            raise common.DataCheckError("<no root>", "the NYUD_MT folder (--root)")
-        counts = verify(root, p, decode=CHECK_DECODE)
-        summary = common.summarize(lambda split: cls(root, split, list(TASK_NAMES), **params), SPLITS)
-        return {**summary, "checked": counts}
-
-    def __init__(self, root: Optional[str], split: str, tasks: Sequence[str], augment: bool = False, **params):
-        if split not in SPLITS:
-            raise ValueError(f"nyud: unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
-        tasks = [tasks] if isinstance(tasks, str) else list(dict.fromkeys(tasks))
-        bad = [t for t in tasks if t not in TASK_NAMES]
-        if bad:
-            raise ValueError(f"nyud: unknown task(s) {bad}; valid tasks: {', '.join(TASK_NAMES)}")
-        if root is None:
-            raise common.DataCheckError("<no root>", "the NYUD_MT folder (dataset.root)")
-        self.params = p = common.params_from_kwargs(NYUDParams, "nyud", params)
-        self.root, self.split, self.tasks, self.augment = root, split, tasks, bool(augment)
-        ids = official_ids(root, "val" if split == "test" else "train")
-        positions = list(range(len(ids)))
-        if split != "test":
-            positions = common.holdout_split(positions, split, p.val_fraction, p.seed)
-        # source_indices: each item's row in its official list (partial-label files index it)
-        self.source_indices = positions[: p.max_samples] if p.max_samples else positions
-        self.ids = [ids[i] for i in self.source_indices]
-
-    def __len__(self) -> int:
-        return len(self.ids)
+    def official_items(self, name: str) -> List[str]:
+        return official_ids(self.root, name)
 
     def __getitem__(self, i: int) -> Dict[str, object]:
-        a = read_sample(paths(self.root, self.ids[i]), self.tasks, self.params.image_size)
+        a = read_sample(paths(self.root, self.items[i]), self.tasks, self.params.image_size)
         image = common.normalize_image(a["image"], IMAGENET_MEAN, IMAGENET_STD)
         targets: Dict[str, torch.Tensor] = {}
         for task in self.tasks:
@@ -232,22 +196,9 @@ class NYUD(torch.utils.data.Dataset):
                 seg[seg < 0] = 255
                 targets[task] = torch.from_numpy(seg)
             elif task == "normals":
-                n = torch.from_numpy(a["normals"]).permute(2, 0, 1)
-                norm = n.norm(dim=0, keepdim=True)
-                targets[task] = torch.where(norm > 0, n / norm.clamp_min(1e-12), torch.zeros_like(n))
+                targets[task] = common.unit_normals(torch.from_numpy(a["normals"]).permute(2, 0, 1))
             else:  # depth, edge
                 targets[task] = torch.from_numpy(a[task])[None]
         if self.augment:
-            image, targets = self._augment(image, targets)
-        return {"image": image.contiguous(), "targets": {k: v.contiguous() for k, v in targets.items()},
-                "mask": {t: torch.tensor(True) for t in self.tasks}}
-
-    def _augment(self, image: torch.Tensor, targets: Dict[str, torch.Tensor]):
-        image, targets, s, _ = common.random_scale_crop(image, targets, self.params.scales)
-        if "depth" in targets and s != 1.0:
-            targets["depth"] = targets["depth"] / s
-        if self.params.flip and bool(torch.rand(()) < 0.5):
-            image, targets = common.hflip(image, targets)
-            if "normals" in targets:
-                targets["normals"] = targets["normals"] * torch.tensor([-1.0, 1.0, 1.0]).view(3, 1, 1)
-        return image, targets
+            image, targets = common.zoom_and_flip(image, targets, self.params.scales, self.params.flip)
+        return self.make_item(image, targets)

@@ -61,14 +61,14 @@ import torch
 import torch.nn.functional as F
 
 from trainables.datasets import common
-from trainables.datasets.base import SPLITS, DatasetInfo, TaskSpec
+from trainables.datasets.base import DatasetInfo, TaskSpec
+from trainables.datasets.common import IMAGENET_MEAN, IMAGENET_STD
+from trainables.datasets.disk import DiskDataset
 from trainables.registry import register_dataset
 
 TASK_NAMES = ("semseg", "human_parts", "saliency", "normals", "edge")
 N_CLASSES, N_PARTS, PERSON_CLASS = 21, 7, 15
 SURVEY_LOSS_WEIGHTS = {"semseg": 1.0, "human_parts": 2.0, "saliency": 5.0, "edge": 50.0, "normals": 10.0}
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-CHECK_DECODE = 200
 SEMSEG_DIRS = {"voc12": "VOC12", "pascal_context": "pascal-context"}
 # The survey code's 6-part grouping of PASCAL-Part person parts (0 = background).
 _GROUPS = {1: "hair head lear lebrow leye mouth nose rear rebrow reye", 2: "neck torso",
@@ -203,35 +203,13 @@ def read_human_parts(path: str) -> Optional[np.ndarray]:
     return target
 
 
-def thin(mask: np.ndarray) -> np.ndarray:
-    """Zhang & Suen's thinning ("A fast parallel algorithm for thinning digital patterns",
-    CACM 1984): peel boundary pixels in two alternating sub-iterations until none changes."""
-    img = np.pad(mask.astype(np.uint8), 1)
-    changed = True
-    while changed:
-        changed = False
-        for first in (True, False):
-            c = img[1:-1, 1:-1]  # a view: deletions apply in place
-            ring = [img[:-2, 1:-1], img[:-2, 2:], img[1:-1, 2:], img[2:, 2:],  # P2..P5
-                    img[2:, 1:-1], img[2:, :-2], img[1:-1, :-2], img[:-2, :-2]]  # P6..P9
-            p2, p4, p6, p8 = ring[0], ring[2], ring[4], ring[6]
-            b = sum(r.astype(np.int32) for r in ring)
-            a = sum(((ring[i] == 0) & (ring[(i + 1) % 8] == 1)).astype(np.int32) for i in range(8))
-            c1, c2 = (p2 & p4 & p6, p4 & p6 & p8) if first else (p2 & p4 & p8, p2 & p6 & p8)
-            kill = (c == 1) & (b >= 2) & (b <= 6) & (a == 1) & (c1 == 0) & (c2 == 0)
-            if kill.any():
-                c[kill] = 0
-                changed = True
-    return img[1:-1, 1:-1].astype(bool)
-
-
 def label_edges(labels: np.ndarray, thin_edges: bool = True) -> np.ndarray:
     """{0, 1} float32 edges of a label map (the rule of the module docstring)."""
     x = labels.astype(np.int64)
     p = np.pad(x, 1, mode="reflect")  # numpy's "reflect" = OpenCV's BORDER_REFLECT_101
     lap = p[:-2, 1:-1] + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:] - 4 * x
     edges = lap != 0
-    return (thin(edges) if thin_edges else edges).astype(np.float32)
+    return (common.thin(edges) if thin_edges else edges).astype(np.float32)
 
 
 def read_sample(files: Dict[str, str], kinds: Sequence[str], p: PascalContextParams) -> Dict[str, object]:
@@ -346,7 +324,7 @@ def geometry(image: torch.Tensor, maps: Dict[str, torch.Tensor], size: Tuple[int
 
 # ------------------------------------------------------------------------------ dataset
 @register_dataset("pascal_context")
-class PascalContext(torch.utils.data.Dataset):
+class PascalContext(DiskDataset):
     """PASCAL-Context (survey PASCAL_MT layout): semseg, human parts, saliency, normals, edge.
 
     Args:
@@ -358,13 +336,17 @@ class PascalContext(torch.utils.data.Dataset):
         **params: PascalContextParams fields.
     """
 
+    NAME, TASK_NAMES, PARAMS, ROOT = "pascal_context", TASK_NAMES, PascalContextParams, "the PASCAL_MT folder"
+    ROOT_HINTS = dict.fromkeys(("prepare", "check", "init"), "(--data-root / dataset.root)")
     SMOKE_PARAMS = {"max_samples": 8, "image_size": (128, 128)}
     SURVEY_LOSS_WEIGHTS = SURVEY_LOSS_WEIGHTS  # for presets: the "fixed" balancer's weights
     IGNORE_RULES = {**common.DEFAULT_IGNORE_RULES, "saliency": lambda t: t == 255}
+    verify = staticmethod(verify)  # the module's verify(root, p, decode)
+    ids = property(lambda self: self.items, doc="the official id of each item")
 
     @classmethod
     def describe(cls, **params) -> DatasetInfo:
-        p = common.params_from_kwargs(PascalContextParams, "pascal_context", params)
+        p = cls.params_of(params)
         return DatasetInfo(
             name="pascal_context",
             tasks={"semseg": TaskSpec("semseg", {"num_classes": N_CLASSES}),
@@ -380,43 +362,12 @@ class PascalContext(torch.utils.data.Dataset):
                   f"background; survey code's fixed loss weights {SURVEY_LOSS_WEIGHTS}",
         )
 
-    @classmethod
-    def prepare(cls, root: Optional[str], **params) -> Optional[str]:
-        """Cheap checks before a study: structure, id lists, files, two decoded samples per list."""
-        verify(_root(root), common.params_from_kwargs(PascalContextParams, "pascal_context", params), decode=2)
-        return None
-
-    @classmethod
-    def check(cls, root: Optional[str], **params) -> Dict:
-        """``mtl data check``: verify the files (see the module docstring), then summarise."""
-        p = common.params_from_kwargs(PascalContextParams, "pascal_context", params)
-        counts = verify(_root(root), p, decode=CHECK_DECODE)
-        summary = common.summarize(lambda split: cls(root, split, list(TASK_NAMES), **params), SPLITS)
-        return {**summary, "checked": counts}
-
-    def __init__(self, root: Optional[str], split: str, tasks: Sequence[str], augment: bool = False, **params):
-        if split not in SPLITS:
-            raise ValueError(f"pascal_context: unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
-        tasks = [tasks] if isinstance(tasks, str) else list(dict.fromkeys(tasks))
-        bad = [t for t in tasks if t not in TASK_NAMES]
-        if bad:
-            raise ValueError(f"pascal_context: unknown task(s) {bad}; valid tasks: {', '.join(TASK_NAMES)}")
-        self.params = p = common.params_from_kwargs(PascalContextParams, "pascal_context", params)
-        self.root, self.split, self.tasks, self.augment = _root(root), split, tasks, bool(augment)
-        ids = official_ids(self.root, "val" if split == "test" else "train")
-        positions = list(range(len(ids)))
-        if split != "test":
-            positions = common.holdout_split(positions, split, p.val_fraction, p.seed)
-        # source_indices: each item's row in its official list (partial-label files index it)
-        self.source_indices = positions[: p.max_samples] if p.max_samples else positions
-        self.ids = [ids[i] for i in self.source_indices]
-
-    def __len__(self) -> int:
-        return len(self.ids)
+    def official_items(self, name: str) -> List[str]:
+        return official_ids(self.root, name)
 
     def __getitem__(self, i: int) -> Dict[str, object]:
         p = self.params
-        a = read_sample(paths(self.root, self.ids[i], p.semseg_source), self.tasks, p)
+        a = read_sample(paths(self.root, self.items[i], p.semseg_source), self.tasks, p)
         h, w = a["image"].shape[:2]
         image = torch.from_numpy(a["image"]).permute(2, 0, 1).float() / 255.0
         mask = {t: torch.tensor(True) for t in self.tasks}
@@ -434,14 +385,6 @@ class PascalContext(torch.utils.data.Dataset):
         else:
             draw = 0.0, 1.0, False
         image, maps = geometry(image, maps, p.image_size, *draw)
-        image = (image - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
         targets = {t: m.long() if t in ("semseg", "human_parts") else m if t == "normals" else m[None]  # [1, H, W]
                    for t, m in maps.items()}
-        return {"image": image.contiguous(), "targets": {k: v.contiguous() for k, v in targets.items()},
-                "mask": mask}
-
-
-def _root(root: Optional[str]) -> str:
-    if root is None:
-        raise common.DataCheckError("<no root>", "the PASCAL_MT folder (--data-root / dataset.root)")
-    return root
+        return self.make_item(common.standardize(image, IMAGENET_MEAN, IMAGENET_STD), targets, mask)

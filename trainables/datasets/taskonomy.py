@@ -57,6 +57,8 @@ import torch
 
 from trainables.datasets import common
 from trainables.datasets.base import SPLITS, DatasetInfo, TaskSpec
+from trainables.datasets.common import IMAGENET_MEAN, IMAGENET_STD
+from trainables.datasets.disk import DiskDataset
 from trainables.registry import register_dataset
 
 # task name -> (folder, extension)
@@ -69,8 +71,6 @@ JTR_TASKS = ("semseg", "depth", "normals", "edge_occlusion", "reshading", "keypo
 N_SEG, N_PLACES, DEPTH_UNITS_PER_M = 17, 365, 512.0
 CONTINUOUS = ("edge_texture", "edge_occlusion", "keypoints2d", "reshading")
 DEPTH_MASKED = ("normals", "edge_occlusion", "reshading")
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-CHECK_DECODE = 200
 RGB_FILE = re.compile(r"^point_(\d+)_view_(\d+)_domain_rgb\.png$")
 
 
@@ -290,7 +290,7 @@ def verify(root: str, p: TaskonomyParams, decode: Optional[int]) -> Dict[str, in
 
 # ------------------------------------------------------------------------------ dataset
 @register_dataset("taskonomy")
-class Taskonomy(torch.utils.data.Dataset):
+class Taskonomy(DiskDataset):
     """Tiny Taskonomy: semseg, depth, normals, edges, reshading, keypoints, scene; by building.
 
     Args:
@@ -301,12 +301,21 @@ class Taskonomy(torch.utils.data.Dataset):
         **params: TaskonomyParams fields.
     """
 
+    NAME, TASK_NAMES, PARAMS, ROOT = "taskonomy", TASK_NAMES, TaskonomyParams, "the Taskonomy data folder"
+    ROOT_HINTS = dict.fromkeys(("prepare", "check", "init"), "(--data-root / dataset.root)")
+    HOLDOUT = None  # split by building: every split is official
     SMOKE_PARAMS = {"max_samples": 8, "image_size": (64, 64)}
     IGNORE_RULES = {**common.DEFAULT_IGNORE_RULES, **{t: (lambda x: ~torch.isfinite(x)) for t in CONTINUOUS}}
+    verify = staticmethod(verify)  # the module's verify(root, p, decode)
+    samples = property(lambda self: self.items, doc="(building, 'point_<i>_view_<j>') of each item")
+
+    @classmethod
+    def valid_tasks(cls, p: TaskonomyParams) -> Tuple[str, ...]:
+        return p.on_disk
 
     @classmethod
     def describe(cls, **params) -> DatasetInfo:
-        p = common.params_from_kwargs(TaskonomyParams, "taskonomy", params)
+        p = cls.params_of(params)
         n_scene = len(p.scene_classes) if p.scene_classes else N_PLACES
         specs = {"semseg": TaskSpec("semseg", {"num_classes": N_SEG}),
                  "depth": TaskSpec("dense_l1", {"channels": 1, "invalid_value": 0.0}),
@@ -324,39 +333,12 @@ class Taskonomy(torch.utils.data.Dataset):
                   f"{list(JTR_TASKS)}; continuous maps in [0, 1], depth in metres",
         )
 
-    @classmethod
-    def prepare(cls, root: Optional[str], **params) -> Optional[str]:
-        """Cheap checks before a study: split lists, folders, files, two decoded samples per split."""
-        verify(_root(root), common.params_from_kwargs(TaskonomyParams, "taskonomy", params), decode=2)
-        return None
-
-    @classmethod
-    def check(cls, root: Optional[str], **params) -> Dict:
-        """``mtl data check``: verify the files (see the module docstring), then summarise."""
-        p = common.params_from_kwargs(TaskonomyParams, "taskonomy", params)
-        counts = verify(_root(root), p, decode=CHECK_DECODE)
-        summary = common.summarize(lambda split: cls(root, split, list(p.on_disk), **params), SPLITS)
-        return {**summary, "checked": counts}
-
-    def __init__(self, root: Optional[str], split: str, tasks: Sequence[str], augment: bool = False, **params):
-        if split not in SPLITS:
-            raise ValueError(f"taskonomy: unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
-        self.params = p = common.params_from_kwargs(TaskonomyParams, "taskonomy", params)
-        tasks = [tasks] if isinstance(tasks, str) else list(dict.fromkeys(tasks))
-        bad = [t for t in tasks if t not in p.on_disk]
-        if bad:
-            raise ValueError(f"taskonomy: unknown task(s) {bad}; valid tasks: {', '.join(p.on_disk)}")
-        self.root, self.split, self.tasks, self.augment = _root(root), split, tasks, bool(augment)
-        items = samples(self.root, p, split)
-        self.source_indices = list(range(min(len(items), p.max_samples or len(items))))
-        self.samples = items[: len(self.source_indices)]
-
-    def __len__(self) -> int:
-        return len(self.samples)
+    def official_items(self, name: str) -> List[Tuple[str, str]]:
+        return samples(self.root, self.params, name)
 
     def __getitem__(self, i: int) -> Dict[str, object]:
         p, size = self.params, self.params.image_size
-        a = read_sample(self.root, p, self.samples[i], self.tasks)
+        a = read_sample(self.root, p, self.items[i], self.tasks)
         image = common.resize_map(torch.from_numpy(a["image"]).permute(2, 0, 1).float() / 255.0, size, "bilinear")
         targets, mask = {}, {}
         for task in self.tasks:
@@ -381,8 +363,7 @@ class Taskonomy(torch.utils.data.Dataset):
             if "normals" in dense:
                 dense["normals"] = dense["normals"] * torch.tensor([-1.0, 1.0, 1.0]).view(3, 1, 1)
             targets.update(dense)
-        image = (image - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
-        return {"image": image.contiguous(), "targets": {k: v.contiguous() for k, v in targets.items()}, "mask": mask}
+        return self.make_item(common.standardize(image, IMAGENET_MEAN, IMAGENET_STD), targets, mask)
 
 
 def _resize_normals(n: torch.Tensor, size) -> torch.Tensor:
@@ -399,8 +380,3 @@ def _resize_continuous(x: torch.Tensor, size) -> torch.Tensor:
     y = common.resize_map(torch.where(hole, torch.zeros_like(x), x), size, "bilinear")
     return torch.where(common.resize_map(hole.float(), size, "nearest") > 0.5, torch.full_like(y, float("nan")), y)
 
-
-def _root(root: Optional[str]) -> str:
-    if root is None:
-        raise common.DataCheckError("<no root>", "the Taskonomy data folder (--data-root / dataset.root)")
-    return root

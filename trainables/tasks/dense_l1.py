@@ -38,14 +38,13 @@ import torch
 from torch import Tensor
 
 from trainables.registry import register_task
-from trainables.tasks.base import Task
+from trainables.tasks.masked import MaskedDense
 
 
 @register_task("dense_l1")
-class DenseL1(Task):
+class DenseL1(MaskedDense):
     """Dense regression map (masked L1 loss; pooled L1 and RMSE over valid elements)."""
 
-    kind = "dense"
     primary_metric = "l1"
     higher_is_better = False
     type_name = "dense_l1"  # the registry name, for error messages (subclasses override)
@@ -66,31 +65,21 @@ class DenseL1(Task):
     def out_channels(self) -> int:
         return self.channels
 
-    def _valid(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        """(valid mask, target with invalid elements replaced by 0 so no NaN leaks)."""
-        c = self.channels
-        if pred.dim() != 4 or pred.shape[1] != c or target.shape != pred.shape:
-            raise ValueError(
-                f"{self.name}: pred and target must both be [B, {c}, H, W], "
-                f"got {tuple(pred.shape)} and {tuple(target.shape)}"
-            )
+    def valid_mask(self, target: Tensor) -> Tensor:
         valid = torch.isfinite(target)
         if self.invalid_value is not None:
             valid = valid & (target != self.invalid_value)
-        return valid, torch.where(valid, target, torch.zeros_like(target))
+        return valid
 
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
-        valid, gt = self._valid(pred, target)
-        err = torch.where(valid, (pred - gt.to(pred.dtype)).abs(), torch.zeros_like(pred))
-        return err.sum() / valid.sum().clamp_min(1).to(err.dtype)
+        return self.masked_l1(pred, target)
 
     def metric_state(self, device: torch.device | str = "cpu") -> Tensor:
         return torch.zeros(3, dtype=torch.float64, device=device)
 
     @torch.no_grad()
     def update_metric(self, state: Tensor, pred: Tensor, target: Tensor) -> None:
-        valid, gt = self._valid(pred, target)
-        diff = torch.where(valid, pred.double() - gt.double(), torch.zeros_like(gt, dtype=torch.float64))
+        valid, _, diff = self.masked_diff(pred, target)
         state += torch.stack([diff.abs().sum(), diff.square().sum(), valid.sum().to(torch.float64)])
 
     def compute_metric(self, state: Tensor) -> Dict[str, float]:

@@ -31,14 +31,13 @@ import torch
 from torch import Tensor
 
 from trainables.registry import register_task
-from trainables.tasks.base import Task
+from trainables.tasks.masked import MaskedDense
 
 
 @register_task("depth")
-class Depth(Task):
+class Depth(MaskedDense):
     """Depth (masked L1 loss; pooled RMSE, abs-rel and L1 over valid pixels)."""
 
-    kind = "dense"
     primary_metric = "rmse"
     higher_is_better = False
 
@@ -54,29 +53,18 @@ class Depth(Task):
     def out_channels(self) -> int:
         return 1
 
-    def _valid(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        """(valid mask, target with invalid pixels replaced by 0 so no NaN leaks)."""
-        if pred.dim() != 4 or pred.shape[1] != 1 or target.shape != pred.shape:
-            raise ValueError(
-                f"{self.name}: pred and target must both be [B, 1, H, W], "
-                f"got {tuple(pred.shape)} and {tuple(target.shape)}"
-            )
-        valid = torch.isfinite(target) & (target > self.min_depth)
-        return valid, torch.where(valid, target, torch.zeros_like(target))
+    def valid_mask(self, target: Tensor) -> Tensor:
+        return torch.isfinite(target) & (target > self.min_depth)
 
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
-        valid, gt = self._valid(pred, target)
-        err = torch.where(valid, (pred - gt.to(pred.dtype)).abs(), torch.zeros_like(pred))
-        return err.sum() / valid.sum().clamp_min(1).to(err.dtype)
+        return self.masked_l1(pred, target)
 
     def metric_state(self, device: torch.device | str = "cpu") -> Tensor:
         return torch.zeros(4, dtype=torch.float64, device=device)
 
     @torch.no_grad()
     def update_metric(self, state: Tensor, pred: Tensor, target: Tensor) -> None:
-        valid, gt = self._valid(pred, target)
-        gt = gt.double()
-        diff = torch.where(valid, pred.double() - gt, torch.zeros_like(gt))
+        valid, gt, diff = self.masked_diff(pred, target)
         rel = torch.where(valid, diff.abs() / torch.where(valid, gt, 1.0), torch.zeros_like(gt))
         state += torch.stack(
             [diff.square().sum(), diff.abs().sum(), rel.sum(), valid.sum().to(torch.float64)]

@@ -46,14 +46,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from trainables.registry import register_task
-from trainables.tasks.base import Task
+from trainables.tasks.masked import MaskedDense
 
 
 @register_task("edge")
-class Edge(Task):
+class Edge(MaskedDense):
     """Edge detection (balanced BCE; pixel-exact ODS F and AP from probability histograms)."""
 
-    kind = "dense"
     primary_metric = "odsf"
     higher_is_better = True
 
@@ -86,15 +85,8 @@ class Edge(Task):
     def out_channels(self) -> int:
         return 1
 
-    def _valid(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        """(valid mask, target with ignored pixels zeroed)."""
-        if pred.dim() != 4 or pred.shape[1] != 1 or target.shape != pred.shape:
-            raise ValueError(
-                f"{self.name}: pred and target must both be [B, 1, H, W], "
-                f"got {tuple(pred.shape)} and {tuple(target.shape)}"
-            )
-        valid = (target != self.ignore_index) & torch.isfinite(target)
-        return valid, torch.where(valid, target, torch.zeros_like(target))
+    def valid_mask(self, target: Tensor) -> Tensor:
+        return (target != self.ignore_index) & torch.isfinite(target)
 
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         valid, y = self._valid(pred, target)

@@ -36,14 +36,13 @@ import torch
 from torch import Tensor
 
 from trainables.registry import register_task
-from trainables.tasks.base import Task
+from trainables.tasks.masked import MaskedDense
 
 
 @register_task("instance_center")
-class InstanceCenter(Task):
+class InstanceCenter(MaskedDense):
     """Instance-centre offsets (masked L1 loss; mean L2 offset error in px)."""
 
-    kind = "dense"
     primary_metric = "mean_error"
     higher_is_better = False
 
@@ -54,28 +53,19 @@ class InstanceCenter(Task):
     def out_channels(self) -> int:
         return 2
 
-    def _valid(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        """(valid mask [B, 1, H, W], target with invalid pixels replaced by 0)."""
-        if pred.dim() != 4 or pred.shape[1] != 2 or target.shape != pred.shape:
-            raise ValueError(
-                f"{self.name}: pred and target must both be [B, 2, H, W], "
-                f"got {tuple(pred.shape)} and {tuple(target.shape)}"
-            )
-        valid = torch.isfinite(target).all(dim=1, keepdim=True)
-        return valid, torch.where(valid, target, torch.zeros_like(target))
+    def valid_mask(self, target: Tensor) -> Tensor:
+        """Per pixel [B, 1, H, W]: both components finite."""
+        return torch.isfinite(target).all(dim=1, keepdim=True)
 
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
-        valid, gt = self._valid(pred, target)
-        err = torch.where(valid, (pred - gt.to(pred.dtype)).abs(), torch.zeros_like(pred))
-        return err.sum() / (2 * valid.sum().clamp_min(1).to(err.dtype))
+        return self.masked_l1(pred, target)  # / (2 * n_valid): the elements of the valid pixels
 
     def metric_state(self, device: torch.device | str = "cpu") -> Tensor:
         return torch.zeros(4, dtype=torch.float64, device=device)
 
     @torch.no_grad()
     def update_metric(self, state: Tensor, pred: Tensor, target: Tensor) -> None:
-        valid, gt = self._valid(pred, target)
-        diff = torch.where(valid, pred.double() - gt.double(), torch.zeros_like(gt, dtype=torch.float64))
+        valid, _, diff = self.masked_diff(pred, target)
         l2 = diff.square().sum(dim=1).sqrt()
         state += torch.stack([l2.sum(), l2.square().sum(), diff.abs().sum(), valid.sum().to(torch.float64)])
 

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from trainables.registry import register_task
-from trainables.tasks.base import Task
+from trainables.tasks.masked import MaskedDense
 
 BIN_DEG = 0.05  # median resolution, degrees
 N_BINS = 3600  # 180 / BIN_DEG
@@ -48,10 +48,9 @@ _HEAD = 3 + len(THRESHOLDS)  # state entries before the histogram
 
 
 @register_task("normals")
-class Normals(Task):
+class Normals(MaskedDense):
     """Surface normals (L1 on unit vectors; mean / median / RMSE angle and within-T)."""
 
-    kind = "dense"
     primary_metric = "mean_angle"
     higher_is_better = False
 
@@ -68,17 +67,9 @@ class Normals(Task):
     def out_channels(self) -> int:
         return 3
 
-    def _valid(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        """(valid mask [B, 1, H, W], target with invalid pixels zeroed)."""
-        if pred.dim() != 4 or pred.shape[1] != 3 or target.shape != pred.shape:
-            raise ValueError(
-                f"{self.name}: pred and target must both be [B, 3, H, W], "
-                f"got {tuple(pred.shape)} and {tuple(target.shape)}"
-            )
-        finite = torch.isfinite(target).all(dim=1, keepdim=True)
-        nonzero = (target != 0).any(dim=1, keepdim=True)
-        valid = finite & nonzero
-        return valid, torch.where(valid, target, torch.zeros_like(target))
+    def valid_mask(self, target: Tensor) -> Tensor:
+        """Per pixel [B, 1, H, W]: finite and not the zero vector."""
+        return torch.isfinite(target).all(dim=1, keepdim=True) & (target != 0).any(dim=1, keepdim=True)
 
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         valid, gt = self._valid(pred, target)
