@@ -39,7 +39,7 @@ def max_concurrent(resources: ResourcesSpec, cluster: Dict[str, float]) -> int:
 def _run_trial(config: Dict[str, Any], scaling: Dict[str, Any], storage_path: str) -> None:
     """Tune function trainable: fit one TorchTrainer for this trial's config."""
     from ray import tune
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -57,6 +57,7 @@ def _run_trial(config: Dict[str, Any], scaling: Dict[str, Any], storage_path: st
             storage_path=storage_path,
             callbacks=[TuneReportCallback()],
             checkpoint_config=CheckpointConfig(num_to_keep=1),
+            logging_config=LoggingConfig(log_level="WARNING"),  # per-report INFO lines drown the progress
         ),
     )
     trainer.fit()
