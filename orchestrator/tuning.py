@@ -5,8 +5,8 @@ Tune *function trainable* that builds and fits a ``TorchTrainer``; ``TuneReportC
 forwards rank 0's per-epoch reports to Tune, where ASHA can stop the trial. The inner run is
 named after the Tune trial and shares the Tuner's storage, so a retried trial resumes from its
 own last checkpoint. Tune only accounts for the trial's driver, not the worker group it starts:
-the driver asks for a sliver of a CPU and concurrency is capped by what the workers need
-(otherwise two trials on two CPUs deadlock).
+the driver asks for no CPU and concurrency is capped by what the workers need (otherwise two
+trials on two CPUs deadlock, each driver holding a CPU its workers wait for).
 """
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ import re
 from typing import Any, Dict, List
 
 from orchestrator.plan import Experiment
-from orchestrator.spec import ResourcesSpec, SearchSpec
+from orchestrator.spec import ResourcesSpec, SearchSpec, SpecError
 from orchestrator.weight_search import make_searcher, strip_raw
 
 METRIC, MODE = "val_score", "max"
+DRIVER_MEMORY_BYTES = 2**20
 
 
 def trial_name(experiment: str) -> str:
@@ -34,6 +35,22 @@ def max_concurrent(resources: ResourcesSpec, cluster: Dict[str, float]) -> int:
     if r.gpus_per_worker:
         fits.append(cluster.get("GPU", 0) / (r.workers_per_trial * r.gpus_per_worker))
     return max(1, int(math.floor(min(fits)))) if fits else 1
+
+
+def check_fits(resources: ResourcesSpec, cluster: Dict[str, float]) -> None:
+    """Raise if one trial's worker group can never be placed on this (fixed-size) cluster.
+
+    Ray Train would otherwise wait for the resources, time out and retry without end.
+    """
+    r = resources
+    needs = {"CPU": r.workers_per_trial * r.cpus_per_worker, "GPU": r.workers_per_trial * r.gpus_per_worker}
+    for kind, need in needs.items():
+        if need > cluster.get(kind, 0.0) + 1e-9:
+            raise SpecError(
+                f"resources: one trial's worker group needs {need:g} {kind} ({r.workers_per_trial} worker(s) x "
+                f"{r.cpus_per_worker if kind == 'CPU' else r.gpus_per_worker:g}) but the Ray cluster has "
+                f"{cluster.get(kind, 0.0):g}; lower resources.workers_per_trial (--workers-per-trial) or "
+                f"cpus_per_worker / gpus_per_worker (--gpus-per-worker)")
 
 
 def _run_trial(config: Dict[str, Any], scaling: Dict[str, Any], storage_path: str) -> None:
@@ -74,8 +91,11 @@ def run_experiment(exp: Experiment, search: SearchSpec, resources: ResourcesSpec
     scaling = dict(num_workers=resources.workers_per_trial, use_gpu=resources.gpus_per_worker > 0,
                    resources_per_worker={"CPU": resources.cpus_per_worker,
                                          **({"GPU": resources.gpus_per_worker} if resources.gpus_per_worker else {})})
+    # The trial driver only waits on its worker group: it asks for no CPU (a token 1 MB of memory,
+    # since an all-zero request is refused), so a worker group may use every CPU of a node.
     trainable = tune.with_resources(
-        tune.with_parameters(_run_trial, scaling=scaling, storage_path=storage_path), {"cpu": 0.01})
+        tune.with_parameters(_run_trial, scaling=scaling, storage_path=storage_path),
+        {"cpu": 0, "memory": DRIVER_MEMORY_BYTES})
     search_alg, num_samples = None, 1
     if exp.weight_search:  # Optuna TPE over the weights (and the grid setting), first seed
         param_space = {**exp.base, **extra_config, "seed": exp.seeds[0]}

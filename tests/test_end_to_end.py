@@ -119,3 +119,14 @@ def test_survey_nyud_preset_smoke_on_a_fixture_tree(ray_session, tmp_path):
     assert multi and multi[0]["status"] == "completed"
     # #P of the NYUD MTL baseline at the survey's size: 55.8 M (Table 3)
     assert multi[0]["params"] / 1e6 == pytest.approx(55.8, abs=0.1)
+
+
+def test_data_parallel_trial_with_two_workers(first_run):
+    """Two Ray Train workers (DDP over gloo) in one trial: prepare_model / prepare_data_loader,
+    metrics all-reduced over the split, and the trial still completes on a 2-CPU machine."""
+    spec, storage, _, _ = first_run
+    ddp = spec.replace(name="e2e_ddp", resources=spec.resources.__class__(workers_per_trial=2),
+                       search=spec.search.__class__(batch_sizes=(16,), schedulers=("poly",), lrs=(2e-4,)))
+    out = run_study(ddp, storage=str(storage), log=lambda _: None)
+    multi = [r for r in out["rows"] if r["role"] == "multi_task"]
+    assert len(multi) == 1 and multi[0]["status"] == "completed", multi[0]["error"]

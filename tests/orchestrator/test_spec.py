@@ -94,3 +94,17 @@ def test_smoke_keeps_one_setting_and_shrinks_data():
     info = validate(spec)
     assert len(settings_of(spec, info)) == 1
     assert spec.train.epochs == 2 and spec.dataset.params["num_train"] <= 256
+
+
+def test_worker_group_that_cannot_fit_is_refused():
+    from orchestrator.spec import ResourcesSpec
+    from orchestrator.tuning import check_fits, max_concurrent
+
+    cluster = {"CPU": 2.0}
+    check_fits(ResourcesSpec(workers_per_trial=2), cluster)
+    assert max_concurrent(ResourcesSpec(workers_per_trial=2), cluster) == 1
+    assert max_concurrent(ResourcesSpec(workers_per_trial=1), cluster) == 2
+    with pytest.raises(SpecError, match=r"^resources: one trial's worker group needs 3 CPU .* has 2; lower"):
+        check_fits(ResourcesSpec(workers_per_trial=3), cluster)
+    with pytest.raises(SpecError, match=r"needs 1 GPU .* has 0"):
+        check_fits(ResourcesSpec(gpus_per_worker=1), cluster)
