@@ -95,12 +95,9 @@ class SyntheticParams:
     @classmethod
     def from_kwargs(cls, params: Mapping[str, object]) -> "SyntheticParams":
         """Build from keyword arguments; an unknown name is a ValueError listing the valid."""
-        valid = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(params) - set(valid))
-        if unknown:
-            raise ValueError(f"synthetic: unknown parameter(s) {', '.join(unknown)}; "
-                             f"valid parameters: {', '.join(valid)}")
-        return cls(**params)
+        from trainables.datasets.common import params_from_kwargs
+
+        return params_from_kwargs(cls, "synthetic", params)
 
     def count(self, split: str) -> int:
         return {"train": self.num_train, "val": self.num_val, "test": self.num_test}[split]
