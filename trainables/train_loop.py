@@ -27,7 +27,7 @@ from trainables.delta import delta_m
 from trainables.models import build_model
 from trainables.registry import BALANCERS, DATASETS, TASKS
 from trainables.session import Session
-from trainables.steps import training_step
+from trainables.steps import labelled, training_step
 from trainables.tasks.base import Task
 
 
@@ -104,13 +104,13 @@ def evaluate(model: nn.Module, tasks: Mapping[str, Task], dataset, session: Sess
     for batch in loader:
         batch = to_device(batch, session.device)
         out = model(batch["image"])
+        pairs = labelled(out, tasks, batch)
         for i, (name, task) in enumerate(tasks.items()):
-            keep = batch["mask"][name]
-            if keep.any():
-                pred, target = out[name][keep], batch["targets"][name][keep]
+            if name in pairs:
+                pred, target = pairs[name]
                 task.update_metric(states[name], pred, target)
-                loss_sums[i, 0] += float(task.loss(pred, target)) * int(keep.sum())
-                loss_sums[i, 1] += int(keep.sum())
+                loss_sums[i, 0] += float(task.loss(pred, target)) * len(pred)
+                loss_sums[i, 1] += len(pred)
     model.train(was_training)
     metrics: Dict[str, float] = {}
     session.all_reduce_(loss_sums)
