@@ -155,6 +155,8 @@ class StudySpec:
             raise SpecError(f"train.epochs: {self.train.epochs} must be >= 1")
         if not self.train.seeds:
             raise SpecError("train.seeds: give at least one seed")
+        if self.resources.cpus_per_worker <= 0 and self.resources.gpus_per_worker <= 0:
+            raise SpecError("resources: a worker needs cpus_per_worker > 0 or gpus_per_worker > 0")
         if self.resources.workers_per_trial < 1:
             raise SpecError(f"resources.workers_per_trial: {self.resources.workers_per_trial} must be >= 1")
         if self.search.asha and self.search.grace_period > self.train.epochs:

@@ -18,7 +18,7 @@ from orchestrator import report, results
 from orchestrator.plan import SINGLE_TASK, Experiment, complexity, expand, smoke, validate
 from orchestrator.ray_env import cluster_resources, start_ray
 from orchestrator.spec import SpecError, StudySpec
-from orchestrator.tuning import check_fits, run_experiment
+from orchestrator.tuning import check_fits, run_experiment, slots
 from trainables.config import TrialConfig
 from trainables.delta import delta_m
 from trainables.registry import DATASETS
@@ -68,9 +68,7 @@ def run_study(spec: StudySpec, storage: str = DEFAULT_STORAGE, smoke_run: bool =
     res = spec.resources
     if not os.environ.get("RAY_ADDRESS"):  # a joined cluster may autoscale; a local one cannot
         check_fits(res, cluster)
-    actors = res.baseline_actors or max(1, int(cluster.get("CPU", 1) // max(res.cpus_per_worker, 1e-9)))
-    if res.gpus_per_worker:
-        actors = min(actors, max(1, int(cluster.get("GPU", 0) // res.gpus_per_worker)))
+    actors = res.baseline_actors or slots(res.cpus_per_worker, res.gpus_per_worker, cluster)  # one actor = one worker
     base_results = bl.ensure_baselines(
         [c for e in single for c in e.trial_configs()], cache_dir, actors,
         {"num_cpus": res.cpus_per_worker, "num_gpus": res.gpus_per_worker}, log)

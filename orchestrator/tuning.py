@@ -26,15 +26,20 @@ def trial_name(experiment: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", experiment).strip("-")
 
 
+def slots(cpus: float, gpus: float, cluster: Dict[str, float]) -> int:
+    """How many units asking for ``cpus`` CPUs and ``gpus`` GPUs fit in the cluster (at least one)."""
+    fits = [cluster.get("CPU", 1) / cpus] if cpus else []
+    if gpus:
+        fits.append(cluster.get("GPU", 0) / gpus)
+    return max(1, int(math.floor(min(fits)))) if fits else 1
+
+
 def max_concurrent(resources: ResourcesSpec, cluster: Dict[str, float]) -> int:
     """Trials whose worker groups fit in the cluster at once (at least one)."""
     r = resources
     if r.max_concurrent_trials:
         return r.max_concurrent_trials
-    fits = [cluster.get("CPU", 1) / (r.workers_per_trial * r.cpus_per_worker)] if r.cpus_per_worker else []
-    if r.gpus_per_worker:
-        fits.append(cluster.get("GPU", 0) / (r.workers_per_trial * r.gpus_per_worker))
-    return max(1, int(math.floor(min(fits)))) if fits else 1
+    return slots(r.workers_per_trial * r.cpus_per_worker, r.workers_per_trial * r.gpus_per_worker, cluster)
 
 
 def check_fits(resources: ResourcesSpec, cluster: Dict[str, float]) -> None:
