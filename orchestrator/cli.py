@@ -76,6 +76,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_report(args) -> int:
+    import json
+
     from orchestrator.report import render
     from orchestrator.results import read_rows
 
@@ -85,8 +87,6 @@ def cmd_report(args) -> int:
         print(f"mtl report: {err}", file=sys.stderr)
         return 2
     primary = next((r for r in rows if r["role"] == "multi_task"), None)
-    import json
-
     primary_task = json.loads(primary["config_json"]).get("primary_task") if primary else None
     print(render(rows, fmt=args.format, primary_task=primary_task))
     return 0
