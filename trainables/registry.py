@@ -35,6 +35,8 @@ class Registry:
                     f"{_where(self._items[name])}, now again by {_where(obj)}"
                 )
             self._items[name] = obj
+            if isinstance(obj, type) and hasattr(obj, "plugin_kind"):  # Configurable: kind and name label errors
+                obj.plugin_kind, obj.plugin_name = self.kind, name
             return obj
 
         return deco

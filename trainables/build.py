@@ -1,0 +1,104 @@
+"""The builders: plug-in references (``trainables/plugins.py``) -> objects, for every kind.
+
+The control plane (planning, complexity counting, reports) and the train loop build here and
+nowhere else. Every plug-in's parameters go through ``make_params`` against the plug-in's own
+``Params`` dataclass before anything is allocated, so a bad key or value fails first and names
+the plug-in; unknown names raise the registry's error, which lists the valid ones.
+
+To count the size of a full-resolution model without allocating it, build it on the meta
+device: ``with torch.device("meta"): model = build_model(tasks, ref)`` (see ``complexity.py``).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Sequence, Union
+
+from torch import nn
+
+import trainables  # noqa: F401  (registers every built-in plug-in)
+from trainables.architectures.base import MultiTaskModel
+from trainables.balancers.base import Balancer
+from trainables.datasets.base import DatasetInfo, make_tasks
+from trainables.plugins import ArchitectureInfo, BalancerInfo, ModelRef, Plugin, RunContext, make_params
+from trainables.registry import ARCHITECTURES, BACKBONES, BALANCERS, DATASETS, HEADS, Registry
+from trainables.tasks.base import Task
+
+IMAGE_HEAD = Plugin("linear")  # the head of every image-level task (task.kind == "image")
+Ref = Union[Plugin, str, Mapping[str, Any]]
+
+
+def params_for(registry: Registry, ref: Ref, where: str = "") -> Any:
+    """The checked ``Params`` instance of plug-in ``ref`` (unknown name or key: an error naming it)."""
+    ref = Plugin.of(ref, where or registry.kind)
+    cls = registry.get(ref.name)
+    return make_params(cls.Params, ref.params, cls.label())
+
+
+# -- datasets and tasks ---------------------------------------------------------------------------
+def describe_dataset(ref: Ref) -> DatasetInfo:
+    """What dataset ``ref`` offers (tasks, input size, batch sizes); reads no data."""
+    ref = Plugin.of(ref, "dataset")
+    return DATASETS.get(ref.name).describe(**ref.params)
+
+
+def build_dataset(ref: Ref, root, split: str, tasks: Sequence[str], augment: bool = False):
+    """The ``split`` of dataset ``ref`` under ``root`` serving ``tasks``."""
+    ref = Plugin.of(ref, "dataset")
+    return DATASETS.get(ref.name)(root=root, split=split, tasks=list(tasks), augment=augment, **ref.params)
+
+
+def build_tasks(dataset: Ref, names: Sequence[str]) -> Dict[str, Task]:
+    """Task plug-ins for ``names`` as dataset ``dataset`` describes them."""
+    info = describe_dataset(dataset)
+    missing = [n for n in names if n not in info.tasks]
+    if missing:
+        raise ValueError(f"tasks: {missing} not offered by dataset {info.name!r}; it offers {sorted(info.tasks)}")
+    return make_tasks(info, names)
+
+
+def primary_directions(tasks: Mapping[str, Task]) -> Dict[str, bool]:
+    """"task/metric" -> higher_is_better, for each task's primary metric."""
+    return {f"{n}/{t.primary_metric}": t.higher_is_better for n, t in tasks.items()}
+
+
+# -- models -----------------------------------------------------------------------------------------
+def build_model(tasks: Mapping[str, Task], model: Union[ModelRef, Mapping[str, Any]] = ModelRef()) -> MultiTaskModel:
+    """The architecture of ``model`` over ``tasks``: dense tasks get ``model.head``, image-level
+    tasks the ``linear`` head. Every plug-in's parameters are checked before anything is built."""
+    if not tasks:
+        raise ValueError("build_model needs at least one task")
+    if not isinstance(model, ModelRef):
+        model = ModelRef(**model)
+    arch_cls = ARCHITECTURES.get(model.architecture.name)
+    arch_params = params_for(ARCHITECTURES, model.architecture)
+    backbone_cls, backbone_params = BACKBONES.get(model.backbone.name), params_for(BACKBONES, model.backbone)
+    head_cls, head_params = HEADS.get(model.head.name), params_for(HEADS, model.head)
+    image_cls, image_params = HEADS.get(IMAGE_HEAD.name), params_for(HEADS, IMAGE_HEAD)
+
+    def make_backbone() -> nn.Module:
+        return backbone_cls(params=backbone_params)
+
+    def make_head(task: Task, in_channels: int) -> nn.Module:
+        if task.kind == "image":
+            return image_cls(in_channels, task.out_channels, params=image_params)
+        return head_cls(in_channels, task.out_channels, params=head_params)
+
+    return arch_cls(dict(tasks), make_backbone, make_head, params=arch_params)
+
+
+def architecture_info(ref: Ref) -> ArchitectureInfo:
+    """The capabilities of architecture ``ref``, from its class and params (nothing is built)."""
+    ref = Plugin.of(ref, "architecture")
+    return ARCHITECTURES.get(ref.name).info_for(params_for(ARCHITECTURES, ref))
+
+
+# -- balancers --------------------------------------------------------------------------------------
+def build_balancer(ref: Ref, task_names: Sequence[str], context: RunContext = RunContext()) -> Balancer:
+    """Balancer ``ref`` over ``task_names``, told the run's ``context`` (primary task, seed)."""
+    ref = Plugin.of(ref, "balancer")
+    return BALANCERS.get(ref.name)(list(task_names), params=params_for(BALANCERS, ref), context=context)
+
+
+def balancer_info(ref: Ref) -> BalancerInfo:
+    """The needs of balancer ``ref``, from its class and params (nothing is built)."""
+    ref = Plugin.of(ref, "balancer")
+    return BALANCERS.get(ref.name).info_for(params_for(BALANCERS, ref))
