@@ -21,7 +21,8 @@ from trainables.balancers.min_norm import min_norm_weights
 from trainables.balancers.pcgrad import PCGrad, surgery_coefficients
 from trainables.balancers.rlw import RLW
 from trainables.balancers.uncertainty import Uncertainty
-from trainables.train_loop import build_balancer
+from trainables.build import build_balancer
+from trainables.plugins import Plugin, RunContext
 
 NAMES = ["a", "b", "c", "d", "e"]
 
@@ -319,9 +320,9 @@ def test_ial_requires_a_known_primary_task():
         IAL(NAMES[:3], primary_task="x")
     with pytest.raises(ValueError, match="primary_task is required"):
         IAL(NAMES[:3])
-    # the train loop supplies the study's primary task (and seed) unless given explicitly
-    assert build_balancer("ial", NAMES[:3], {}, {"primary_task": "b", "seed": 1}).primary_task == "b"
-    assert build_balancer("ial", NAMES[:3], {"primary_task": "c"}, {"primary_task": "b"}).primary_task == "c"
+    # the run context supplies the study's primary task (and seed) unless given explicitly
+    assert build_balancer("ial", NAMES[:3], RunContext(primary_task="b", seed=1)).primary_task == "b"
+    assert build_balancer(Plugin("ial", {"primary_task": "c"}), NAMES[:3], RunContext(primary_task="b")).primary_task == "c"
 
 
 def test_ial_weight_function_eq9():

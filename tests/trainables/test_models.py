@@ -11,8 +11,9 @@ import torch
 
 import trainables  # noqa: F401  (registers every plug-in)
 from trainables.architectures.base import MultiTaskModel
+from trainables.build import architecture_info, build_model
 from trainables.complexity import count_flops, count_parameters
-from trainables.models import build_model
+from trainables.plugins import ModelRef, Plugin
 from trainables.registry import ARCHITECTURES, BACKBONES, HEADS, RegistryError
 from trainables.tasks.base import Task
 
@@ -49,7 +50,7 @@ def dense_and_image_tasks() -> dict:
 def task_sets(architecture: str) -> list[dict]:
     """Task sets an architecture can take: all tasks together, or one at a time."""
     tasks = dense_and_image_tasks()
-    if getattr(ARCHITECTURES.get(architecture), "supports_multiple_tasks", True):
+    if architecture_info(architecture).supports_multiple_tasks:
         return [tasks]
     return [{name: task} for name, task in tasks.items()]
 
@@ -66,10 +67,10 @@ NYUD_HW = (480, 640)
 def nyud_models():
     """Table 3's models (semseg 40 classes + depth), ResNet-50 dilated + ASPP, on meta."""
     tasks = {"semseg": FakeTask("semseg", 40), "depth": FakeTask("depth", 1)}
-    spec = dict(backbone="resnet50", backbone_params={"dilated": True}, head="aspp")
+    spec = dict(backbone=Plugin("resnet50", {"dilated": True}), head="aspp")
     with torch.device("meta"):
-        mtl = build_model(tasks, "mtl_baseline", **spec)
-        singles = [build_model({n: t}, "single_task", **spec) for n, t in tasks.items()]
+        mtl = build_model(tasks, ModelRef("mtl_baseline", **spec))
+        singles = [build_model({n: t}, ModelRef("single_task", **spec)) for n, t in tasks.items()]
     return mtl, singles
 
 
@@ -176,6 +177,43 @@ def test_resnet_loads_local_weights(tmp_path):
     assert torch.equal(backbone.stages[4][1].bn2.running_var, source.layer4[1].bn2.running_var)
 
 
+def _survey_nostride_dilate(module, dilate):
+    """The survey code's rule (ResnetDilated._nostride_dilate), applied to a torchvision layer."""
+    for m in module.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            if m.stride == (2, 2):
+                m.stride = (1, 1)
+                if m.kernel_size == (3, 3):
+                    m.dilation, m.padding = (dilate // 2,) * 2, (dilate // 2,) * 2
+            elif m.kernel_size == (3, 3):
+                m.dilation, m.padding = (dilate,) * 2, (dilate,) * 2
+
+
+def test_dilated_resnet18_matches_the_survey_rule():
+    import torchvision
+
+    ours = BACKBONES.get("resnet18")(dilated=True)
+    ref = torchvision.models.resnet18(weights=None)
+    _survey_nostride_dilate(ref.layer3, 2)
+    _survey_nostride_dilate(ref.layer4, 4)
+    # the first block of layer3 / layer4: conv1 (the strided one) 1 / 2, conv2 2 / 4
+    assert [ours.stages[3][0].conv1.dilation, ours.stages[3][0].conv2.dilation] == [(1, 1), (2, 2)]
+    assert [ours.stages[4][0].conv1.dilation, ours.stages[4][0].conv2.dilation] == [(2, 2), (4, 4)]
+    for ours_layer, ref_layer in zip(ours.stages[1:], [ref.layer1, ref.layer2, ref.layer3, ref.layer4]):
+        ours_convs = [m for m in ours_layer.modules() if isinstance(m, torch.nn.Conv2d)]
+        ref_convs = [m for m in ref_layer.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert [(c.stride, c.dilation, c.padding) for c in ours_convs] == [(c.stride, c.dilation, c.padding) for c in ref_convs]
+    assert count_parameters(ours) == count_parameters(BACKBONES.get("resnet18")())  # unchanged by dilation
+
+
+def test_last_shared_module_is_the_last_conv_not_a_batchnorm():
+    for backbone in ("tiny_cnn", "resnet18", "resnet50"):
+        with torch.device("meta"):
+            model = build_model({"seg": FakeTask("seg", 2)}, ModelRef("mtl_baseline", backbone))
+        convs = [m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert model.last_shared_module() is convs[-1], backbone  # GradNorm's W: a kernel, not BN's scale
+
+
 def test_backbone_param_validation():
     with pytest.raises(ValueError, match="output_stride"):
         BACKBONES.get("tiny_cnn")(output_stride=3)
@@ -207,7 +245,7 @@ def test_linear_head_is_image_level_and_conv_head_dense():
 def test_architecture_forward_shapes_and_encode_decode(architecture):
     for tasks in task_sets(architecture):
         torch.manual_seed(0)
-        model = build_model(tasks, architecture).eval()
+        model = build_model(tasks, ModelRef(architecture)).eval()
         assert isinstance(model, MultiTaskModel)
         assert model.task_names == list(tasks)
         x = torch.randn(2, 3, 40, 56)
@@ -228,7 +266,7 @@ def test_architecture_forward_shapes_and_encode_decode(architecture):
 @pytest.mark.parametrize("architecture", ARCHITECTURES.names())
 def test_architecture_parameter_partition(architecture):
     for tasks in task_sets(architecture):
-        model = build_model(tasks, architecture)
+        model = build_model(tasks, ModelRef(architecture))
         shared = param_ids(model.shared_parameters())
         assert shared, "gradient-based balancers need shared parameters"
         groups = [shared] + [param_ids(model.task_specific_parameters(t)) for t in model.task_names]
@@ -245,9 +283,9 @@ def test_architecture_parameter_partition(architecture):
 def test_architecture_one_step_finite_grads_and_deterministic(architecture):
     for tasks in task_sets(architecture):
         torch.manual_seed(0)
-        model = build_model(tasks, architecture)
+        model = build_model(tasks, ModelRef(architecture))
         torch.manual_seed(0)
-        twin = build_model(tasks, architecture)
+        twin = build_model(tasks, ModelRef(architecture))
         for p, q in zip(model.parameters(), twin.parameters(), strict=True):
             assert torch.equal(p, q)
         out = model(torch.randn(2, 3, 32, 32))
@@ -258,15 +296,15 @@ def test_architecture_one_step_finite_grads_and_deterministic(architecture):
 
 def test_single_task_rejects_two_tasks():
     with pytest.raises(ValueError, match="exactly one task.*seg.*attr"):
-        build_model(dense_and_image_tasks(), "single_task")
+        build_model(dense_and_image_tasks(), ModelRef("single_task"))
 
 
 def test_mtl_baseline_smaller_than_single_task_networks():
     tasks = {"seg": FakeTask("seg", 5), "depth": FakeTask("depth", 1), "attr": FakeTask("attr", 3, "image")}
     for backbone in ("tiny_cnn", "resnet18"):
         with torch.device("meta"):
-            mtl = build_model(tasks, "mtl_baseline", backbone)
-            singles = [build_model({n: t}, "single_task", backbone) for n, t in tasks.items()]
+            mtl = build_model(tasks, ModelRef("mtl_baseline", backbone))
+            singles = [build_model({n: t}, ModelRef("single_task", backbone)) for n, t in tasks.items()]
         assert count_parameters(mtl) < sum(count_parameters(m) for m in singles)
         # shared encoder counted once: the difference is exactly (T - 1) encoders
         saved = sum(count_parameters(m) for m in singles) - count_parameters(mtl)
@@ -274,7 +312,7 @@ def test_mtl_baseline_smaller_than_single_task_networks():
 
 
 def test_image_tasks_get_linear_heads_dense_tasks_the_chosen_head():
-    model = build_model(dense_and_image_tasks(), head="aspp", head_params={"channels": 16})
+    model = build_model(dense_and_image_tasks(), ModelRef(head=Plugin("aspp", {"channels": 16})))
     assert type(model.heads["attr"]) is HEADS.get("linear")
     assert type(model.heads["seg"]) is HEADS.get("aspp")
 
@@ -283,22 +321,22 @@ def test_image_tasks_get_linear_heads_dense_tasks_the_chosen_head():
 def test_build_model_unknown_names_list_valid_ones():
     tasks = {"seg": FakeTask("seg", 2)}
     with pytest.raises(RegistryError, match="tiny_cnn"):
-        build_model(tasks, backbone="resnet7")
+        build_model(tasks, ModelRef(backbone="resnet7"))
     with pytest.raises(RegistryError, match="mtl_baseline"):
-        build_model(tasks, architecture="nope")
+        build_model(tasks, ModelRef(architecture="nope"))
     with pytest.raises(RegistryError, match="aspp"):
-        build_model(tasks, head="nope")
+        build_model(tasks, ModelRef(head="nope"))
 
 
 def test_build_model_bad_params_name_plugin_and_kwarg():
     tasks = {"seg": FakeTask("seg", 2)}
-    with pytest.raises(TypeError, match=r"backbone 'tiny_cnn'.*depth"):
-        build_model(tasks, backbone_params={"depth": 3})
-    with pytest.raises(TypeError, match=r"head 'conv'.*mid_chanels.*mid_channels"):
-        build_model(tasks, head_params={"mid_chanels": 3})
-    with pytest.raises(TypeError, match=r"architecture 'mtl_baseline'.*alpha"):
-        build_model(tasks, architecture_params={"alpha": 1})
+    with pytest.raises(ValueError, match=r"backbone 'tiny_cnn'.*depth"):
+        build_model(tasks, ModelRef(backbone=Plugin("tiny_cnn", {"depth": 3})))
+    with pytest.raises(ValueError, match=r"head 'conv'.*mid_chanels.*mid_channels"):
+        build_model(tasks, ModelRef(head=Plugin("conv", {"mid_chanels": 3})))
+    with pytest.raises(ValueError, match=r"architecture 'mtl_baseline'.*alpha"):
+        build_model(tasks, ModelRef(architecture=Plugin("mtl_baseline", {"alpha": 1})))
     with pytest.raises(ValueError, match=r"aspp.*rates"):
-        build_model(tasks, head="aspp", head_params={"rates": (1, 2)})
+        build_model(tasks, ModelRef(head=Plugin("aspp", {"rates": (1, 2)})))
     with pytest.raises(ValueError, match="must match"):
         build_model({"seg": FakeTask("other", 2)})

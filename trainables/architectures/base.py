@@ -2,12 +2,15 @@
 
 An architecture is built as
 
-    ARCHITECTURES.get(name)(tasks, make_backbone, make_head, **params) -> MultiTaskModel
+    ARCHITECTURES.get(name)(tasks, make_backbone, make_head, params) -> MultiTaskModel
 
 where ``tasks`` maps task name -> Task, ``make_backbone()`` returns a fresh backbone (see
-``trainables.backbones``: ``stages``, ``stage_channels``, ``out_channels``, ...) and
-``make_head(task, in_channels)`` a fresh head for that task. The caller (``trainables.models``)
-decides which backbone and head; the architecture decides how many and how they connect.
+``trainables.backbones``: ``stages``, ``stage_channels``, ``out_channels``, ...),
+``make_head(task, in_channels)`` a fresh head for that task and ``params`` an instance of the
+architecture's ``Params`` dataclass (keyword arguments work too). The caller
+(``trainables/build.py``) decides which backbone and head; the architecture decides how many
+and how they connect. Its capabilities are a frozen ``ArchitectureInfo`` (``INFO``, or
+``info_for(params)`` when a parameter changes them), readable without building the model.
 
 What the train loop and the balancers rely on:
     forward(x) -> {task: output}: dense outputs at the input's H x W (bilinear,
@@ -16,37 +19,43 @@ What the train loop and the balancers rely on:
     shared_parameters(): parameters every task uses (gradient-level balancers project on
         them); task_specific_parameters(task): the rest, split by task. Together they cover
         every parameter exactly once.
-    has_shared_representation (class metadata): when True, ``encode(x) -> z`` gives the one
-        shared feature tensor and ``decode(z, input_hw) -> {task: output}`` the outputs, with
+    info.has_shared_representation: when True, ``encode(x) -> z`` gives the one shared
+        feature tensor and ``decode(z, input_hw) -> {task: output}`` the outputs, with
         forward(x) == decode(encode(x), x.shape[-2:]). Balancers with grad_target
-        "representation" (MGDA-UB, IAL) need it.
-    last_shared_module(): the last shared layer (GradNorm's cheap variant takes gradient norms
-        w.r.t. its weights).
-    supports_multiple_tasks (class metadata): False for architectures that take exactly one task.
+        "representation" (MGDA-UB, IAL) need it; the plan refuses the pair otherwise.
+    last_shared_module(): the last shared layer with a weight matrix or kernel (a conv or a
+        linear layer, not the BatchNorm after it): GradNorm's cheap variant takes gradient
+        norms w.r.t. its parameters.
+    info.supports_multiple_tasks: False for architectures that take exactly one task.
 """
 from __future__ import annotations
 
-from typing import Callable, ClassVar, Dict, Iterable, List, Mapping, Sequence, Tuple
+from typing import Any, Callable, ClassVar, Dict, Iterable, List, Mapping, Sequence, Tuple
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from trainables.plugins import ArchitectureInfo, Configurable
 from trainables.tasks.base import Task
 
 BackboneFactory = Callable[[], nn.Module]
 HeadFactory = Callable[[Task, int], nn.Module]
 
 
-class MultiTaskModel(nn.Module):
+class MultiTaskModel(nn.Module, Configurable):
     """Base class of the architectures: stores the tasks, resizes outputs, checks the contract."""
 
-    has_shared_representation: ClassVar[bool] = False
-    supports_multiple_tasks: ClassVar[bool] = True
+    INFO: ClassVar[ArchitectureInfo] = ArchitectureInfo()
 
-    def __init__(self, tasks: Mapping[str, Task]):
+    def __init__(self, tasks: Mapping[str, Task], params: Any = None, **kwargs: Any):
         super().__init__()
+        self.params = self.resolve_params(params, kwargs)
+        self.info: ArchitectureInfo = self.info_for(self.params)
         if not tasks:
-            raise ValueError(f"{type(self).__name__} needs at least one task, got none")
+            raise ValueError(f"{self.label()} needs at least one task, got none")
+        if not self.info.supports_multiple_tasks and len(tasks) != 1:
+            raise ValueError(f"{self.label()} takes exactly one task, got {len(tasks)}: {list(tasks)}; "
+                             "train one model per task instead")
         for name, task in tasks.items():
             if task.name != name:
                 raise ValueError(f"task registered under {name!r} has name {task.name!r}; they must match")
@@ -54,6 +63,13 @@ class MultiTaskModel(nn.Module):
                 raise ValueError(f"task {name!r} has kind {task.kind!r}; expected 'dense' or 'image'")
         self.tasks: Dict[str, Task] = dict(tasks)
         self.task_names: List[str] = list(tasks)
+
+    @classmethod
+    def info_for(cls, params: Any) -> ArchitectureInfo:
+        """The capabilities of this architecture with ``params`` (override when a parameter changes them)."""
+        return cls.INFO
+
+    has_shared_representation = property(lambda self: self.info.has_shared_representation)
 
     # -- to implement ---------------------------------------------------------------------
     def shared_parameters(self) -> List[nn.Parameter]:
@@ -72,7 +88,7 @@ class MultiTaskModel(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} has no single shared representation")
 
     def forward(self, x: Tensor) -> Dict[str, Tensor]:
-        if not self.has_shared_representation:
+        if not self.info.has_shared_representation:
             raise NotImplementedError(f"{type(self).__name__} must implement forward")
         return self.decode(self.encode(x), x.shape[-2:])
 
@@ -103,18 +119,20 @@ def params_of(*modules: nn.Module) -> List[nn.Parameter]:
     return out
 
 
-def last_parametrised_module(module: nn.Module) -> nn.Module:
-    """The last submodule (in registration order) that owns parameters directly.
+def last_weight_layer(module: nn.Module) -> nn.Module:
+    """The last submodule (in registration order) whose own ``weight`` is a matrix or a kernel.
 
-    For a ResNet's last stage this is the last block's last BatchNorm (``bn3`` of a
-    Bottleneck); for ``tiny_cnn`` the last stage's BatchNorm.
+    That is the last conv or linear layer, not a BatchNorm after it: for a ResNet's last stage
+    the last block's last conv (``conv3`` of a Bottleneck, ``conv2`` of a BasicBlock); for
+    ``tiny_cnn`` the last stage's second conv.
     """
     last = None
     for m in module.modules():
-        if any(True for _ in m.parameters(recurse=False)):
+        weight = getattr(m, "weight", None)
+        if isinstance(weight, nn.Parameter) and weight.dim() >= 2:
             last = m
     if last is None:
-        raise ValueError(f"{type(module).__name__} has no parameters")
+        raise ValueError(f"{type(module).__name__} has no conv or linear layer")
     return last
 
 

@@ -19,10 +19,11 @@ from trainables.architectures.base import (
     BackboneFactory,
     HeadFactory,
     MultiTaskModel,
-    last_parametrised_module,
     last_stage,
+    last_weight_layer,
     params_of,
 )
+from trainables.plugins import ArchitectureInfo
 from trainables.registry import register_architecture
 from trainables.tasks.base import Task
 
@@ -31,10 +32,11 @@ from trainables.tasks.base import Task
 class MTLBaseline(MultiTaskModel):
     """Hard parameter sharing: shared backbone + one head per task (survey Fig. 2a)."""
 
-    has_shared_representation = True
+    INFO = ArchitectureInfo(has_shared_representation=True)
 
-    def __init__(self, tasks: Mapping[str, Task], make_backbone: BackboneFactory, make_head: HeadFactory):
-        super().__init__(tasks)
+    def __init__(self, tasks: Mapping[str, Task], make_backbone: BackboneFactory, make_head: HeadFactory,
+                 params=None, **kwargs):
+        super().__init__(tasks, params, **kwargs)
         self.backbone = make_backbone()
         self.heads = nn.ModuleDict(
             {name: make_head(task, self.backbone.out_channels) for name, task in self.tasks.items()}
@@ -54,4 +56,4 @@ class MTLBaseline(MultiTaskModel):
         return params_of(self.heads[task])
 
     def last_shared_module(self) -> nn.Module:
-        return last_parametrised_module(last_stage(self.backbone))
+        return last_weight_layer(last_stage(self.backbone))

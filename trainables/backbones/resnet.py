@@ -17,29 +17,30 @@ Stages: ``[stem (conv1, bn1, relu, maxpool), layer1, layer2, layer3, layer4]``
     stage_strides [4, 4, 8, 16, 32], dilated [4, 4, 8, 8, 8].
 
 Hyper-parameters:
-    dilated (bool, default False): output stride 8 (replace_stride_with_dilation =
-        [False, True, True]) instead of 32. torchvision refuses to dilate BasicBlocks, so for
-        ResNet-18 layer3/layer4 are converted here by the same rule (stride 1, dilation 2 / 4;
-        each layer's first block keeps the previous dilation).
+    dilated (bool, default False): output stride 8 instead of 32, by the survey code's rule
+        (``ResnetDilated._nostride_dilate``, also torchvision's for Bottlenecks): layer3 and
+        layer4 lose their stride; their 3x3 convs get dilation 2 and 4, except the conv that
+        had the stride (first block), which gets half (1 and 2). torchvision refuses to dilate
+        BasicBlocks, so ResNet-18 is converted here by that rule: in layer4's first block conv1
+        has dilation 2 and conv2 dilation 4 (layer3: 1 and 2). Parameter counts are unchanged.
     zero_init_residual (bool, default False): zero-init the last BN of each residual block
         (torchvision's option; off, as in the survey's code).
     weights_path (str or None, default None): a local torchvision ResNet state dict (e.g.
         ImageNet weights copied onto the machine) to load; ``fc.*`` keys are ignored. Never
         downloads anything.
+
+torchvision is imported when a ResNet is built, not when the package is imported.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import ClassVar, Optional
 
 import torch
 from torch import Tensor, nn
-from torchvision.models import resnet as tv_resnet
 
+from trainables.plugins import Configurable
 from trainables.registry import register_backbone
-
-
-_BASIC_BLOCK_RESNETS = (tv_resnet.resnet18, tv_resnet.resnet34)
 
 
 @dataclass(frozen=True)
@@ -50,30 +51,28 @@ class ResNetParams:
     zero_init_residual: bool = False
     weights_path: Optional[str] = None
 
-    def __post_init__(self) -> None:
-        for field in ("dilated", "zero_init_residual"):
-            if not isinstance(getattr(self, field), bool):
-                raise ValueError(f"resnet: {field} must be a bool, got {getattr(self, field)!r}")
-        if self.weights_path is not None and not isinstance(self.weights_path, str):
-            raise ValueError(f"resnet: weights_path must be a path string or None, got {self.weights_path!r}")
 
-
-class ResNetBackbone(nn.Module):
+class ResNetBackbone(nn.Module, Configurable):
     """A torchvision ResNet without its classifier, exposed as five stages."""
 
-    def __init__(self, constructor: Callable[..., tv_resnet.ResNet], params: ResNetParams):
+    Params = ResNetParams
+    DEPTH: ClassVar[int] = 0  # torchvision's resnet<DEPTH> constructor
+    BASIC_BLOCKS: ClassVar[bool] = False  # torchvision cannot dilate BasicBlocks itself
+
+    def __init__(self, params=None, **kwargs):
         super().__init__()
-        self.params = params
-        basic = constructor in _BASIC_BLOCK_RESNETS  # torchvision cannot dilate BasicBlocks itself
-        torchvision_dilates = params.dilated and not basic
-        net = constructor(
+        from torchvision.models import resnet as tv_resnet
+
+        self.params = params = self.resolve_params(params, kwargs)
+        torchvision_dilates = params.dilated and not self.BASIC_BLOCKS
+        net = getattr(tv_resnet, f"resnet{self.DEPTH}")(
             weights=None,
             zero_init_residual=params.zero_init_residual,
             replace_stride_with_dilation=[False, torchvision_dilates, torchvision_dilates],
         )
-        if params.dilated and basic:
-            _dilate_basic_layer(net.layer3, previous=1, dilation=2)
-            _dilate_basic_layer(net.layer4, previous=2, dilation=4)
+        if params.dilated and self.BASIC_BLOCKS:
+            _dilate_basic_layer(net.layer3, dilation=2)
+            _dilate_basic_layer(net.layer4, dilation=4)
         if params.weights_path is not None:
             state = torch.load(params.weights_path, map_location="cpu", weights_only=True)
             state = {k: v for k, v in state.items() if not k.startswith("fc.")}
@@ -92,16 +91,15 @@ class ResNetBackbone(nn.Module):
         return x
 
 
-def _dilate_basic_layer(layer: nn.Sequential, previous: int, dilation: int) -> None:
+def _dilate_basic_layer(layer: nn.Sequential, dilation: int) -> None:
     """Turn a stride-2 layer of BasicBlocks into a stride-1 dilated one, in place.
 
-    Follows torchvision's rule for Bottlenecks: the first block keeps the previous dilation
-    (and loses its stride, also in the 1x1 downsample), the other blocks use ``dilation``;
-    here it applies to both 3x3 convs of a BasicBlock.
+    The survey code's rule: the conv that had the stride (conv1 of the first block) gets
+    ``dilation // 2``, every other 3x3 conv ``dilation``; the 1x1 downsample loses its stride.
     """
-    for i, block in enumerate(layer):
-        d = previous if i == 0 else dilation
+    for block in layer:
         for conv in (block.conv1, block.conv2):
+            d = dilation // 2 if conv.stride == (2, 2) else dilation
             conv.stride, conv.dilation, conv.padding = (1, 1), (d, d), (d, d)
         if block.downsample is not None:
             block.downsample[0].stride = (1, 1)
@@ -109,29 +107,18 @@ def _dilate_basic_layer(layer: nn.Sequential, previous: int, dilation: int) -> N
 
 def _block_out_channels(layer: nn.Sequential) -> int:
     last = layer[-1]
-    bn = last.bn3 if isinstance(last, tv_resnet.Bottleneck) else last.bn2
-    return bn.num_features
+    return (last.bn3 if hasattr(last, "bn3") else last.bn2).num_features
 
 
 @register_backbone("resnet18")
-def resnet18(
-    *,
-    dilated: bool = ResNetParams.dilated,
-    zero_init_residual: bool = ResNetParams.zero_init_residual,
-    weights_path: Optional[str] = ResNetParams.weights_path,
-) -> ResNetBackbone:
+class ResNet18(ResNetBackbone):
     """ResNet-18 encoder (BasicBlocks, 512 output channels), output stride 32 or 8 if dilated."""
-    params = ResNetParams(dilated=dilated, zero_init_residual=zero_init_residual, weights_path=weights_path)
-    return ResNetBackbone(tv_resnet.resnet18, params)
+
+    DEPTH, BASIC_BLOCKS = 18, True
 
 
 @register_backbone("resnet50")
-def resnet50(
-    *,
-    dilated: bool = ResNetParams.dilated,
-    zero_init_residual: bool = ResNetParams.zero_init_residual,
-    weights_path: Optional[str] = ResNetParams.weights_path,
-) -> ResNetBackbone:
+class ResNet50(ResNetBackbone):
     """ResNet-50 encoder (Bottlenecks, 2048 output channels), output stride 32 or 8 if dilated."""
-    params = ResNetParams(dilated=dilated, zero_init_residual=zero_init_residual, weights_path=weights_path)
-    return ResNetBackbone(tv_resnet.resnet50, params)
+
+    DEPTH = 50

@@ -27,10 +27,11 @@ Hyper-parameters:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import Tuple
 
 from torch import Tensor, nn
 
+from trainables.plugins import Configurable
 from trainables.registry import register_backbone
 
 
@@ -43,15 +44,13 @@ class TinyCNNParams:
     in_channels: int = 3
 
     def __post_init__(self) -> None:
-        widths = tuple(self.widths) if isinstance(self.widths, (list, tuple)) else ()
-        if not widths or not all(_is_positive_int(w) for w in widths):
+        if not self.widths or not all(_is_positive_int(w) for w in self.widths):
             raise ValueError(f"tiny_cnn: widths must be a non-empty list of positive ints, got {self.widths!r}")
-        object.__setattr__(self, "widths", widths)
-        valid = [2**k for k in range(1, len(widths) + 1)]
+        valid = [2**k for k in range(1, len(self.widths) + 1)]
         if self.output_stride not in valid:
             raise ValueError(
                 f"tiny_cnn: output_stride={self.output_stride!r} must be one of {valid} "
-                f"for {len(widths)} stages"
+                f"for {len(self.widths)} stages"
             )
         if not _is_positive_int(self.in_channels):
             raise ValueError(f"tiny_cnn: in_channels must be a positive int, got {self.in_channels!r}")
@@ -70,19 +69,14 @@ def _conv_bn_relu(cin: int, cout: int, stride: int, dilation: int) -> list[nn.Mo
 
 
 @register_backbone("tiny_cnn")
-class TinyCNN(nn.Module):
+class TinyCNN(nn.Module, Configurable):
     """Tiny 4-stage conv encoder (16-32-64-96 channels, output stride 8) for CPU smoke runs."""
 
-    def __init__(
-        self,
-        *,
-        widths: Sequence[int] = TinyCNNParams.widths,
-        output_stride: int = TinyCNNParams.output_stride,
-        in_channels: int = TinyCNNParams.in_channels,
-    ):
+    Params = TinyCNNParams
+
+    def __init__(self, params=None, **kwargs):
         super().__init__()
-        p = TinyCNNParams(widths=widths, output_stride=output_stride, in_channels=in_channels)
-        self.params = p
+        self.params = p = self.resolve_params(params, kwargs)
         stages, strides = [], []
         stride, dilation, cin = 1, 1, p.in_channels
         for cout in p.widths:

@@ -1,21 +1,20 @@
 """The balancer contract: how per-task losses (and, for some methods, gradients) become one update.
 
 A balancer is an ``nn.Module`` (so learnable weights and buffers checkpoint with the model)
-built as ``cls(task_names, **typed_kwargs)``. It declares what it needs as metadata (class
-attributes; a plug-in may override one per instance in ``__init__`` when an option changes it)
-and the step (``trainables/steps.py``) serves that need generically - it never branches on a
-balancer's name:
+built as ``cls(task_names, params, context)``: ``params`` is an instance of the balancer's own
+frozen ``Params`` dataclass (the single source of its hyper-parameters; keyword arguments work
+too, ``cls(task_names, alpha=1.0)``) and ``context`` the run's ``RunContext`` (primary task,
+seed). What a balancer needs from the step is its frozen ``BalancerInfo``
+(``trainables/plugins.py``), computed from class + params by ``info_for`` without building the
+balancer, so a plan can check a balancer against an architecture before anything runs. The step
+(``trainables/steps.py``) serves those needs generically - it never branches on a name:
 
-    needs_task_grads      per-task gradients are required (gradient-level methods)
-    grad_target           "params" (w.r.t. the shared parameters) or "representation"
-                          (w.r.t. the shared feature z, e.g. MGDA-UB, IAL)
-    grad_scope            for "params": which shared parameters - "shared" (all) or
-                          "last_shared" (``model.last_shared_module()``, GradNorm's cheap variant)
-    extra_backward_passes backward passes through the shared encoder beyond the one of a
-                          plain weighted sum (documentation and benchmark only)
-    needs_epoch_losses    ``on_epoch_end`` receives the epoch's mean training loss per task
-    needs_outputs         ``observe_outputs`` receives the labelled samples' detached outputs and
-                          targets before ``combine`` (e.g. DTP's accuracy KPI)
+    needs_task_grads / grad_target   per-task gradients w.r.t. the shared parameters ("params")
+                                     or the shared feature z ("representation", e.g. MGDA-UB, IAL)
+    grad_scope                       for "params": all shared parameters or the last shared layer
+    needs_epoch_losses               ``on_epoch_end`` gets each task's mean training loss
+    needs_outputs                    ``observe_outputs`` gets the labelled outputs and targets
+    needs_primary_task               the context names a primary task (auxiliary learning)
 
 Missing tasks: a task without a labelled sample in the batch is absent from ``losses``. Every
 method combines the tasks present; ``present(losses)`` gives them in the balancer's task order,
@@ -38,23 +37,35 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence
 
-import torch
 from torch import Tensor, nn
 
+from trainables.plugins import BalancerInfo, Configurable, RunContext
 
-class Balancer(nn.Module):
-    needs_task_grads: ClassVar[bool] = False
-    grad_target: ClassVar[Optional[str]] = None
-    grad_scope: ClassVar[str] = "shared"
-    extra_backward_passes: ClassVar[int] = 0
-    needs_epoch_losses: ClassVar[bool] = False
-    needs_outputs: ClassVar[bool] = False
 
-    def __init__(self, task_names: Sequence[str]):
+class Balancer(nn.Module, Configurable):
+    INFO: ClassVar[BalancerInfo] = BalancerInfo()
+
+    def __init__(self, task_names: Sequence[str], params: Any = None, context: Optional[RunContext] = None,
+                 **kwargs: Any):
         super().__init__()
         if not task_names:
-            raise ValueError("a balancer needs at least one task name")
+            raise ValueError(f"{self.label()}: a balancer needs at least one task name")
         self.task_names = list(task_names)
+        self.params = self.resolve_params(params, kwargs)
+        self.context = context or RunContext()
+        self.info: BalancerInfo = self.info_for(self.params)
+
+    @classmethod
+    def info_for(cls, params: Any) -> BalancerInfo:
+        """The capabilities of this balancer with ``params`` (override when a parameter changes them)."""
+        return cls.INFO
+
+    # read-only views of ``info``, for readers of a built balancer
+    needs_task_grads = property(lambda self: self.info.needs_task_grads)
+    grad_target = property(lambda self: self.info.grad_target)
+    grad_scope = property(lambda self: self.info.grad_scope)
+    needs_epoch_losses = property(lambda self: self.info.needs_epoch_losses)
+    needs_outputs = property(lambda self: self.info.needs_outputs)
 
     # -- loss level ---------------------------------------------------------------------------
     def combine(self, losses: Dict[str, Tensor]) -> Tensor:
@@ -90,14 +101,11 @@ class Balancer(nn.Module):
         """The tasks of ``losses`` in the balancer's order (the rows of gradient matrices)."""
         return [t for t in self.task_names if t in losses]
 
-    def _check_known(self, mapping, what: str, name: str) -> None:
+    def _check_known(self, mapping, what: str) -> None:
         unknown = sorted(set(mapping) - set(self.task_names))
         if unknown:
-            raise ValueError(f"balancer {name!r}: {what} given for unknown tasks {unknown}; "
+            raise ValueError(f"{self.label()}: {what} given for unknown tasks {unknown}; "
                              f"the study's tasks are {self.task_names}")
-
-    def _weights_tensor(self, values: Dict[str, float], like: Tensor) -> Tensor:
-        return torch.tensor([values[t] for t in self.task_names], dtype=like.dtype, device=like.device)
 
 
 # -- validation helpers for the plug-ins' hyper-parameter dataclasses ------------------------------

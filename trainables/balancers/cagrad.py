@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from trainables.balancers.base import Balancer, check_choice, check_number
+from trainables.plugins import BalancerInfo
 from trainables.registry import register_balancer
 
 
@@ -93,14 +94,11 @@ def solve_dual(m: np.ndarray, c: float, max_iter: int = 200, tol: float = 1e-10)
 class CAGrad(Balancer):
     """Conflict-averse gradient descent on the shared parameters (Liu et al. NeurIPS 2021)."""
 
-    needs_task_grads = True
-    grad_target = "params"
+    Params = CAGradParams
+    INFO = BalancerInfo(needs_task_grads=True, grad_target="params", backward_per_task=True)
 
-    def __init__(self, task_names: Sequence[str], c: float = CAGradParams.c, rescale: bool = CAGradParams.rescale,
-                 max_iter: int = CAGradParams.max_iter, tol: float = CAGradParams.tol):
-        super().__init__(task_names)
-        self.params = CAGradParams(c, rescale, max_iter, tol)
-        self.extra_backward_passes = len(self.task_names) - 1
+    def __init__(self, task_names, params=None, context=None, **kwargs):
+        super().__init__(task_names, params, context, **kwargs)
         self.register_buffer("last_weights", torch.full((len(self.task_names),), 1.0 / len(self.task_names)))
 
     def grad_weights(self, gram: Tensor, losses: Dict[str, Tensor]) -> Tensor:

@@ -32,12 +32,13 @@ Hyper-parameters:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Mapping, Sequence, Union
+from typing import Dict, Mapping, Union
 
 import torch
 from torch import Tensor
 
 from trainables.balancers.base import Balancer, check_choice, check_number
+from trainables.plugins import BalancerInfo
 from trainables.registry import register_balancer
 
 PerTask = Union[float, Mapping[str, float]]
@@ -61,11 +62,15 @@ class DTPParams:
 class DTP(Balancer):
     """Dynamic task prioritisation by KPI (Guo et al. ECCV 2018; survey Eq. 9)."""
 
-    def __init__(self, task_names: Sequence[str], gamma: PerTask = DTPParams.gamma, kpi: str = DTPParams.kpi,
-                 kpi_scale: PerTask = DTPParams.kpi_scale, ema_alpha: float = DTPParams.ema_alpha):
-        super().__init__(task_names)
-        self.params = p = DTPParams(gamma, kpi, kpi_scale, ema_alpha)
-        self.needs_outputs = p.kpi == "accuracy"
+    Params = DTPParams
+
+    @classmethod
+    def info_for(cls, params: DTPParams) -> BalancerInfo:
+        return BalancerInfo(needs_outputs=params.kpi == "accuracy")
+
+    def __init__(self, task_names, params=None, context=None, **kwargs):
+        super().__init__(task_names, params, context, **kwargs)
+        p = self.params
         self.register_buffer("gamma", self._per_task(p.gamma, "gamma", lambda v: v >= 0, ">= 0"), persistent=False)
         self.register_buffer("kpi_scale", self._per_task(p.kpi_scale, "kpi_scale", lambda v: v > 0, "> 0"),
                              persistent=False)
@@ -75,7 +80,7 @@ class DTP(Balancer):
 
     def _per_task(self, value: PerTask, what: str, ok, requirement: str) -> Tensor:
         values = dict(value) if isinstance(value, Mapping) else {t: value for t in self.task_names}
-        self._check_known(values, what, "dtp")
+        self._check_known(values, what)
         missing = [t for t in self.task_names if t not in values]
         if missing:
             raise ValueError(f"balancer 'dtp': {what} has no value for tasks {missing}")

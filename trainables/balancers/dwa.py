@@ -7,9 +7,10 @@ with N the number of tasks and T the temperature.
 
 Choices (as the MTAN reference code; see PAPER_NOTES): t counts epochs and L_n(t) is the mean
 training loss of task n over epoch t (the train loop passes it to ``on_epoch_end``); the
-weights are 1 during the first two epochs, when L(t-2) does not exist yet. A task whose
-L(t-2) is 0 (never labelled in that epoch) gets r = 1. Tasks absent from a batch are left out
-of that step's sum; the weights themselves stay as computed for the epoch.
+weights are 1 during the first two epochs, when L(t-2) does not exist yet. The epoch mean of a
+task averages the batches that labelled it (partially labelled data); a task with no labelled
+batch in epoch t-1 or t-2 (absent from ``mean_losses``, or a mean of 0) gets r = 1. Tasks absent
+from a batch are left out of that step's sum; the weights stay as computed for the epoch.
 
 Hyper-parameters:
     temperature (float > 0, default 2.0): T; the paper's value.
@@ -17,12 +18,13 @@ Hyper-parameters:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Sequence
+from typing import Dict
 
 import torch
 from torch import Tensor
 
 from trainables.balancers.base import Balancer, check_number
+from trainables.plugins import BalancerInfo
 from trainables.registry import register_balancer
 
 
@@ -40,11 +42,11 @@ class DWAParams:
 class DWA(Balancer):
     """Dynamic weight averaging over epoch losses (Liu et al. CVPR 2019; survey Eq. 8)."""
 
-    needs_epoch_losses = True
+    Params = DWAParams
+    INFO = BalancerInfo(needs_epoch_losses=True)
 
-    def __init__(self, task_names: Sequence[str], temperature: float = DWAParams.temperature):
-        super().__init__(task_names)
-        self.params = DWAParams(temperature)
+    def __init__(self, task_names, params=None, context=None, **kwargs):
+        super().__init__(task_names, params, context, **kwargs)
         t = len(self.task_names)
         self.register_buffer("history", torch.zeros(2, t, dtype=torch.float64))  # L(t-2), L(t-1)
         self.register_buffer("epochs_seen", torch.zeros((), dtype=torch.long))
@@ -56,7 +58,7 @@ class DWA(Balancer):
         self.epochs_seen += 1
         if int(self.epochs_seen) >= 2:
             before, last = self.history[0], self.history[1]
-            rate = torch.where(before > 0, last / before.clamp_min(1e-300), torch.ones_like(last))
+            rate = torch.where((before > 0) & (last > 0), last / before.clamp_min(1e-300), torch.ones_like(last))
             w = len(self.task_names) * torch.softmax(rate / self.params.temperature, dim=0)
             self.weights.copy_(w.to(self.weights.dtype))
 

@@ -10,7 +10,8 @@ Hyper-parameters:
 from __future__ import annotations
 
 import math
-from typing import Dict, Mapping, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Dict, Mapping
 
 from torch import Tensor
 
@@ -18,23 +19,28 @@ from trainables.balancers.base import Balancer
 from trainables.registry import register_balancer
 
 
+@dataclass(frozen=True)
+class FixedParams:
+    """Hyper-parameters of ``fixed`` (see the module docstring)."""
+
+    weights: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for task, w in self.weights.items():
+            if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
+                raise ValueError(f"balancer 'fixed': weights.{task} = {w!r} must be a finite number >= 0")
+
+
 @register_balancer("fixed")
 class Fixed(Balancer):
     """Weighted sum of task losses with constant weights (survey Eq. 4)."""
 
-    def __init__(self, task_names: Sequence[str], weights: Optional[Mapping[str, float]] = None):
-        super().__init__(task_names)
-        weights = dict(weights or {})
-        unknown = sorted(set(weights) - set(self.task_names))
-        if unknown:
-            raise ValueError(
-                f"balancer 'fixed': weights given for unknown tasks {unknown}; "
-                f"the study's tasks are {self.task_names}"
-            )
-        for task, w in weights.items():
-            if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
-                raise ValueError(f"balancer 'fixed': weights.{task} = {w!r} must be a finite number >= 0")
-        self.weights = {t: float(weights.get(t, 1.0)) for t in self.task_names}
+    Params = FixedParams
+
+    def __init__(self, task_names, params=None, context=None, **kwargs):
+        super().__init__(task_names, params, context, **kwargs)
+        self._check_known(self.params.weights, "weights")
+        self.weights = {t: float(self.params.weights.get(t, 1.0)) for t in self.task_names}
 
     def combine(self, losses: Dict[str, Tensor]) -> Tensor:
         return sum(self.weights[t] * loss for t, loss in losses.items())

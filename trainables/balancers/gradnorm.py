@@ -5,14 +5,19 @@ Balancing in Deep Multitask Networks", ICML 2018; the survey's Eq. (7) (Vandenhe
 TPAMI 2021). With W the chosen shared weights, at every step:
     G_i = || grad_W w_i L_i || = w_i n_i,      G_bar = mean_i G_i,
     r_i = (L_i / L_i(0)) / mean_j (L_j / L_j(0)),
-    L_grad = sum_i | G_i - G_bar * r_i^alpha |           (Eq. 7, target treated as a constant)
+    L_grad = sum_i | G_i - G_bar * r_i^alpha |    (GradNorm paper Eq. 2; target held constant)
 so dL_grad / dw_i = sign(G_i - G_bar r_i^alpha) * n_i. The network is updated with
 sum_i w_i(t) L_i; the weights take one step on L_grad and are renormalised to sum_i w_i = T.
+The exponent alpha is the GradNorm paper's (its Eq. 2); the survey's printed Eq. 7 has none,
+which is the special case alpha = 1.
 
 Choices:
     - W is the last shared layer (``model.last_shared_module()``), the survey's cheaper variant
-      (one extra backward through the heads only); ``grad_params="shared"`` uses all shared
-      parameters (what some libraries do; one batched backward through the encoder per task).
+      (one extra backward through the heads only). That is the encoder's last conv (or linear)
+      layer - the paper's "last shared layer of weights" - not the BatchNorm after it, whose
+      per-channel scale and shift would make G_i depend on normalisation statistics rather
+      than on the layer's weights. ``grad_params="shared"`` uses all shared parameters (what
+      some libraries do; one batched backward through the encoder per task).
     - The weights have their own update rule: Adam (betas 0.9/0.999) with ``weight_lr``, kept
       in this balancer's buffers, so the step size does not depend on the scale of the gradient
       norms; ``weight_optimizer="sgd"`` takes plain gradient steps instead. Weights are clipped
@@ -30,12 +35,13 @@ Hyper-parameters:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional
 
 import torch
 from torch import Tensor
 
 from trainables.balancers.base import Balancer, check_choice, check_number
+from trainables.plugins import BalancerInfo
 from trainables.registry import register_balancer
 
 
@@ -59,16 +65,15 @@ class GradNormParams:
 class GradNorm(Balancer):
     """Gradient normalisation (Chen et al. ICML 2018; survey Eq. 7)."""
 
-    needs_task_grads = True
-    grad_target = "params"
+    Params = GradNormParams
 
-    def __init__(self, task_names: Sequence[str], alpha: float = GradNormParams.alpha,
-                 grad_params: str = GradNormParams.grad_params, weight_lr: float = GradNormParams.weight_lr,
-                 weight_optimizer: str = GradNormParams.weight_optimizer):
-        super().__init__(task_names)
-        self.params = GradNormParams(alpha, grad_params, weight_lr, weight_optimizer)
-        self.grad_scope = grad_params
-        self.extra_backward_passes = 0 if grad_params == "last_shared" else len(self.task_names) - 1
+    @classmethod
+    def info_for(cls, params: GradNormParams) -> BalancerInfo:
+        return BalancerInfo(needs_task_grads=True, grad_target="params", grad_scope=params.grad_params,
+                            backward_per_task=params.grad_params == "shared")
+
+    def __init__(self, task_names, params=None, context=None, **kwargs):
+        super().__init__(task_names, params, context, **kwargs)
         t = len(self.task_names)
         self.register_buffer("weights", torch.ones(t))
         self.register_buffer("initial_losses", torch.zeros(t))

@@ -32,20 +32,22 @@ decoder weights 1 / (2 sigma^2) start at 0.1). The paper hand-tunes a separate l
 the weightings; here they share the train loop's optimiser and learning rate.
 
 Hyper-parameters:
-    primary_task (str, required): the primary task; the others are auxiliary. The train loop passes
-        the study's ``primary_task`` unless the balancer parameters set it.
+    primary_task (str or None, default None): the primary task; the others are auxiliary. None
+        takes the run context's primary task (the study's or experiment's ``primary_task``);
+        one of the two is required (``BalancerInfo.needs_primary_task``, checked at plan time).
     g ("linear" | "exp" | "sigmoid", default "linear") and g_scale (float > 0, default 1.0).
     init_log_var (float, default -0.5): initial s_t = log sigma_t^2.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional
 
 import torch
 from torch import Tensor, nn
 
 from trainables.balancers.base import Balancer, check_choice, check_number
+from trainables.plugins import BalancerInfo
 from trainables.registry import register_balancer
 
 
@@ -68,21 +70,19 @@ class IALParams:
 class IAL(Balancer):
     """Impartial auxiliary learning: Eq. 3-5 decoders, Eq. 7-9 encoder (one primary task)."""
 
-    needs_task_grads = True
-    grad_target = "representation"
+    Params = IALParams
+    INFO = BalancerInfo(needs_task_grads=True, grad_target="representation", needs_primary_task=True)
 
-    def __init__(self, task_names: Sequence[str], primary_task: Optional[str] = IALParams.primary_task,
-                 g: str = IALParams.g, g_scale: float = IALParams.g_scale,
-                 init_log_var: float = IALParams.init_log_var):
-        super().__init__(task_names)
-        self.params = IALParams(primary_task, g, g_scale, init_log_var)
+    def __init__(self, task_names, params=None, context=None, **kwargs):
+        super().__init__(task_names, params, context, **kwargs)
+        primary_task = self.params.primary_task or self.context.primary_task
         if primary_task is None:
             raise ValueError("balancer 'ial': primary_task is required - set the study's primary_task or the "
                              f"balancer parameter primary_task to one of {self.task_names}")
         if primary_task not in self.task_names:
             raise ValueError(f"balancer 'ial': primary_task {primary_task!r} is not one of the tasks {self.task_names}")
         self.primary_task = primary_task
-        self.log_vars = nn.Parameter(torch.full((len(self.task_names),), float(init_log_var)))
+        self.log_vars = nn.Parameter(torch.full((len(self.task_names),), float(self.params.init_log_var)))
 
     def combine(self, losses: Dict[str, Tensor]) -> Tensor:
         """The decoder-stage objective, Eq. 3 (with s = log sigma^2)."""

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from trainables.balancers.base import Balancer, check_choice, check_number
+from trainables.plugins import BalancerInfo
 from trainables.registry import register_balancer
 
 
@@ -67,17 +68,21 @@ def solve(gram: np.ndarray) -> np.ndarray:
 class IMTL(Balancer):
     """Impartial MTL: IMTL-L loss scales and/or IMTL-G gradient balance (Liu et al. ICLR 2021)."""
 
-    def __init__(self, task_names: Sequence[str], mode: str = IMTLParams.mode, target: str = IMTLParams.target,
-                 init_log_scale: float = IMTLParams.init_log_scale):
-        super().__init__(task_names)
-        self.params = IMTLParams(mode, target, init_log_scale)
-        self.mode = mode
-        self.needs_task_grads = mode != "l"
-        self.grad_target = target if self.needs_task_grads else None
-        self.extra_backward_passes = len(self.task_names) - 1 if target == "params" and mode != "l" else 0
+    Params = IMTLParams
+
+    @classmethod
+    def info_for(cls, params: IMTLParams) -> BalancerInfo:
+        if params.mode == "l":
+            return BalancerInfo()
+        return BalancerInfo(needs_task_grads=True, grad_target=params.target,
+                            backward_per_task=params.target == "params")
+
+    def __init__(self, task_names, params=None, context=None, **kwargs):
+        super().__init__(task_names, params, context, **kwargs)
+        self.mode = self.params.mode
         t = len(self.task_names)
-        if mode != "g":
-            self.log_scales = nn.Parameter(torch.full((t,), float(init_log_scale)))
+        if self.mode != "g":
+            self.log_scales = nn.Parameter(torch.full((t,), float(self.params.init_log_scale)))
         self.register_buffer("last_weights", torch.ones(t))
 
     def _scales(self, tasks: Sequence[str]) -> Tensor:

@@ -15,19 +15,20 @@ Task-specific parameters follow their own losses; absent tasks are left out of t
 
 Hyper-parameters:
     reduction ("sum" | "mean", default "sum").
-    seed (int, default 0): seed of the task-order generator (the train loop passes the trial's
-        seed unless given).
+    seed (int or None, default None): seed of the task-order generator; None takes the run
+        context's seed (the trial's).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from trainables.balancers.base import Balancer, check_choice, check_number
+from trainables.plugins import BalancerInfo
 from trainables.registry import register_balancer
 
 
@@ -36,11 +37,12 @@ class PCGradParams:
     """Hyper-parameters of ``pcgrad`` (see the module docstring)."""
 
     reduction: str = "sum"
-    seed: int = 0
+    seed: Optional[int] = None
 
     def __post_init__(self) -> None:
         check_choice("pcgrad", "reduction", self.reduction, ("sum", "mean"))
-        check_number("pcgrad", "seed", self.seed, lambda v: v >= 0, "an int >= 0", integer=True)
+        if self.seed is not None:
+            check_number("pcgrad", "seed", self.seed, lambda v: v >= 0, "an int >= 0", integer=True)
 
 
 def surgery_coefficients(gram: np.ndarray, orders: Sequence[Sequence[int]]) -> np.ndarray:
@@ -59,14 +61,12 @@ def surgery_coefficients(gram: np.ndarray, orders: Sequence[Sequence[int]]) -> n
 class PCGrad(Balancer):
     """Gradient surgery on the shared parameters (Yu et al. NeurIPS 2020)."""
 
-    needs_task_grads = True
-    grad_target = "params"
+    Params = PCGradParams
+    INFO = BalancerInfo(needs_task_grads=True, grad_target="params", backward_per_task=True)
 
-    def __init__(self, task_names: Sequence[str], reduction: str = PCGradParams.reduction,
-                 seed: int = PCGradParams.seed):
-        super().__init__(task_names)
-        self.params = PCGradParams(reduction, seed)
-        self.extra_backward_passes = len(self.task_names) - 1
+    def __init__(self, task_names, params=None, context=None, **kwargs):
+        super().__init__(task_names, params, context, **kwargs)
+        seed = self.params.seed if self.params.seed is not None else self.context.seed
         self.generator = torch.Generator().manual_seed(seed)
 
     def grad_weights(self, gram: Tensor, losses: Dict[str, Tensor]) -> Tensor:

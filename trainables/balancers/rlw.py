@@ -12,12 +12,13 @@ balancer's own generator (checkpointed), so runs are reproducible and DDP worker
 
 Hyper-parameters:
     distribution ("normal" | "uniform" | "dirichlet", default "normal").
-    seed (int, default 0): generator seed (the train loop passes the trial's seed unless given).
+    seed (int or None, default None): generator seed; None takes the run context's seed (the
+        trial's).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Sequence
+from typing import Dict, Optional
 
 import torch
 from torch import Tensor
@@ -31,21 +32,23 @@ class RLWParams:
     """Hyper-parameters of ``rlw`` (see the module docstring)."""
 
     distribution: str = "normal"
-    seed: int = 0
+    seed: Optional[int] = None
 
     def __post_init__(self) -> None:
         check_choice("rlw", "distribution", self.distribution, ("normal", "uniform", "dirichlet"))
-        check_number("rlw", "seed", self.seed, lambda v: v >= 0, "an int >= 0", integer=True)
+        if self.seed is not None:
+            check_number("rlw", "seed", self.seed, lambda v: v >= 0, "an int >= 0", integer=True)
 
 
 @register_balancer("rlw")
 class RLW(Balancer):
     """Random loss weighting (Lin et al. TMLR 2022)."""
 
-    def __init__(self, task_names: Sequence[str], distribution: str = RLWParams.distribution,
-                 seed: int = RLWParams.seed):
-        super().__init__(task_names)
-        self.params = RLWParams(distribution, seed)
+    Params = RLWParams
+
+    def __init__(self, task_names, params=None, context=None, **kwargs):
+        super().__init__(task_names, params, context, **kwargs)
+        seed = self.params.seed if self.params.seed is not None else self.context.seed
         self.generator = torch.Generator().manual_seed(seed)
         self.register_buffer("weights", torch.full((len(self.task_names),), 1.0 / len(self.task_names)))
 

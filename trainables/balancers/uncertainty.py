@@ -25,7 +25,7 @@ Hyper-parameters:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -43,18 +43,18 @@ class UncertaintyParams:
 
     def __post_init__(self) -> None:
         check_number("uncertainty", "init_log_var", self.init_log_var)
-        object.__setattr__(self, "classification_tasks", tuple(self.classification_tasks))
 
 
 @register_balancer("uncertainty")
 class Uncertainty(Balancer):
     """Homoscedastic uncertainty weighting (Kendall et al. CVPR 2018; survey Eq. 6)."""
 
-    def __init__(self, task_names: Sequence[str], init_log_var: float = UncertaintyParams.init_log_var,
-                 classification_tasks: Sequence[str] = UncertaintyParams.classification_tasks):
-        super().__init__(task_names)
-        self.params = p = UncertaintyParams(init_log_var, classification_tasks)
-        self._check_known(p.classification_tasks, "classification_tasks", "uncertainty")
+    Params = UncertaintyParams
+
+    def __init__(self, task_names, params=None, context=None, **kwargs):
+        super().__init__(task_names, params, context, **kwargs)
+        p = self.params
+        self._check_known(p.classification_tasks, "classification_tasks")
         self.log_vars = nn.Parameter(torch.full((len(self.task_names),), float(p.init_log_var)))
         # 1/2 for the regression form, 1 for the classification form
         scale = [1.0 if t in p.classification_tasks else 0.5 for t in self.task_names]

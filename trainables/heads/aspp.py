@@ -39,12 +39,13 @@ it needs batches of at least 2 images (as in every DeepLab-v3 implementation).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from trainables.plugins import Configurable
 from trainables.registry import register_head
 
 
@@ -57,10 +58,8 @@ class ASPPParams:
     dropout: float = 0.5
 
     def __post_init__(self) -> None:
-        rates = tuple(self.rates) if isinstance(self.rates, (list, tuple)) else ()
-        if len(rates) != 3 or any(isinstance(r, bool) or not isinstance(r, int) or r <= 0 for r in rates):
+        if any(r <= 0 for r in self.rates):
             raise ValueError(f"aspp: rates must be three positive ints, got {self.rates!r}")
-        object.__setattr__(self, "rates", rates)
         if isinstance(self.channels, bool) or not isinstance(self.channels, int) or self.channels <= 0:
             raise ValueError(f"aspp: channels must be a positive int, got {self.channels!r}")
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
@@ -89,20 +88,14 @@ class _ImagePooling(nn.Module):
 
 
 @register_head("aspp")
-class ASPPHead(nn.Module):
+class ASPPHead(nn.Module, Configurable):
     """DeepLab-v3 ASPP head (survey's NYUD/Cityscapes decoder): 5 branches, 3x3 conv, classifier."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        *,
-        rates: Sequence[int] = ASPPParams.rates,
-        channels: int = ASPPParams.channels,
-        dropout: float = ASPPParams.dropout,
-    ):
+    Params = ASPPParams
+
+    def __init__(self, in_channels: int, out_channels: int, params=None, **kwargs):
         super().__init__()
-        self.params = p = ASPPParams(rates=rates, channels=channels, dropout=dropout)
+        self.params = p = self.resolve_params(params, kwargs)
         c = p.channels
         self.branches = nn.ModuleList(
             [_conv_bn_relu(in_channels, c)]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from trainables.plugins import Configurable
 from trainables.registry import register_head
 
 
@@ -29,14 +30,14 @@ class ConvHeadParams:
 
 
 @register_head("conv")
-class ConvHead(nn.Module):
+class ConvHead(nn.Module, Configurable):
     """Light dense head: 3x3 conv (mid_channels) + BN + ReLU, then a 1x1 conv to the output."""
 
-    def __init__(
-        self, in_channels: int, out_channels: int, *, mid_channels: int = ConvHeadParams.mid_channels
-    ):
+    Params = ConvHeadParams
+
+    def __init__(self, in_channels: int, out_channels: int, params=None, **kwargs):
         super().__init__()
-        self.params = p = ConvHeadParams(mid_channels=mid_channels)
+        self.params = p = self.resolve_params(params, kwargs)
         self.body = nn.Sequential(
             nn.Conv2d(in_channels, p.mid_channels, 3, padding=1, bias=False),
             nn.BatchNorm2d(p.mid_channels),

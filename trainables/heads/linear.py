@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from trainables.plugins import Configurable
 from trainables.registry import register_head
 
 
@@ -28,12 +29,14 @@ class LinearHeadParams:
 
 
 @register_head("linear")
-class LinearHead(nn.Module):
+class LinearHead(nn.Module, Configurable):
     """Image-level head: global average pool + linear layer -> [B, out_channels]."""
 
-    def __init__(self, in_channels: int, out_channels: int, *, dropout: float = LinearHeadParams.dropout):
+    Params = LinearHeadParams
+
+    def __init__(self, in_channels: int, out_channels: int, params=None, **kwargs):
         super().__init__()
-        self.params = p = LinearHeadParams(dropout=dropout)
+        self.params = p = self.resolve_params(params, kwargs)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(p.dropout)
         self.fc = nn.Linear(in_channels, out_channels)
