@@ -18,7 +18,8 @@ def parse_params(pairs) -> Dict[str, Any]:
 
 
 def check_dataset(name: str, root: Optional[str], params: Mapping[str, Any]) -> Dict[str, Any]:
-    """The dataset's JSON summary; raises DataCheckError naming the first bad file."""
+    """The dataset's JSON summary; raises ``trainables.datasets.readers.DataCheckError``
+    naming the first bad file."""
     import trainables  # noqa: F401
     from trainables.registry import DATASETS
 

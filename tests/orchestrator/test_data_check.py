@@ -103,7 +103,7 @@ def test_wrong_size_and_bad_params(capsys, nyud_root):
     code, _, err = run_check(capsys, "nyud", nyud_root, "image_size=[480, 640]")
     assert code != 0 and "image of 480x640 expected" in err and "0001.jpg" in err
     code, _, err = run_check(capsys, "nyud", nyud_root, "colour=1")
-    assert code != 0 and "unknown parameter(s) colour" in err
+    assert code != 0 and "dataset 'nyud'.colour: unknown key" in err
     code, _, err = run_check(capsys, "nyud", nyud_root / "absent")
     assert code != 0 and "missing folder" in err
 

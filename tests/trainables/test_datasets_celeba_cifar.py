@@ -19,7 +19,7 @@ from search_spaces import preset
 from trainables.config import TrialConfig
 from trainables.datasets import celeba as cb
 from trainables.datasets import multi_cifar100 as mc
-from trainables.datasets.common import DataCheckError
+from trainables.datasets.readers import DataCheckError
 from trainables.registry import DATASETS
 from trainables.session import Session
 from trainables.train_loop import fit
@@ -68,7 +68,7 @@ def test_celeba_attributes_and_partition(celeba):
     assert all(bool(m) for m in item["mask"].values()) and item["image"].shape == (3, 32, 32)
     info = DATASETS.get("celeba").describe()
     assert info.default_batch_sizes == (32, 128, 256) and info.input_size == (224, 224)
-    assert info.tasks["attr_young"].type == "attribute"
+    assert info.tasks["attr_young"].name == "attribute"
 
 
 def test_celeba_augments_only_when_asked(celeba):
@@ -108,9 +108,10 @@ def test_celeba_bad_attribute_file_names_it(tmp_path, edit, message):
 
 
 def test_celeba_trains_one_epoch(celeba):
-    cfg = TrialConfig(experiment="t", tasks=("attr_smiling", "attr_male"), dataset="celeba", data_root=str(celeba[0]),
-                      dataset_params=SMALL, architecture="mtl_baseline", backbone="tiny_cnn", head="conv",
-                      epochs=1, batch_size=2, eval_batch_size=2)
+    cfg = TrialConfig(experiment="t", tasks=("attr_smiling", "attr_male"),
+                      dataset={"name": "celeba", "params": SMALL}, data_root=str(celeba[0]),
+                      model={"architecture": "mtl_baseline", "backbone": "tiny_cnn", "head": "conv"}, epochs=1,
+                      batch_size=2, eval_batch_size=2)
     last = fit(cfg, Session(device=torch.device("cpu")))
     for key in ("val/attr_smiling/accuracy", "test/attr_male/accuracy", "train/attr_male/loss"):
         assert math.isfinite(last[key]), key
@@ -169,7 +170,7 @@ def test_cifar_task_class_mapping_and_masks(cifar):
         assert all(item["targets"][t].item() == 0 for t in mc.TASK_NAMES if t != mc.TASK_NAMES[task])
     assert ds[0]["image"].shape == (3, 32, 32)
     info = DATASETS.get("multi_cifar100").describe()
-    assert info.tasks["task_07"].type == "scene" and info.tasks["task_07"].params == {"num_classes": 5}
+    assert info.tasks["task_07"].name == "scene" and info.tasks["task_07"].params == {"num_classes": 5}
 
 
 def test_cifar_splits_and_augmentation(cifar):
@@ -200,9 +201,10 @@ def test_cifar_check_cli_and_bad_files(cifar, tmp_path, capsys):
 
 
 def test_cifar_trains_one_epoch(cifar):
-    cfg = TrialConfig(experiment="t", tasks=("task_00", "task_01"), dataset="multi_cifar100", data_root=str(cifar),
-                      dataset_params={"max_samples": 16}, architecture="mtl_baseline", backbone="tiny_cnn",
-                      head="conv", epochs=1, batch_size=2, eval_batch_size=8)
+    cfg = TrialConfig(experiment="t", tasks=("task_00", "task_01"),
+                      dataset={"name": "multi_cifar100", "params": {"max_samples": 16}}, data_root=str(cifar),
+                      model={"architecture": "mtl_baseline", "backbone": "tiny_cnn", "head": "conv"}, epochs=1,
+                      batch_size=2, eval_batch_size=8)
     last = fit(cfg, Session(device=torch.device("cpu")))
     for key in ("val/task_00/top1", "val/task_01/top1", "test/task_00/top1", "train/task_00/loss"):
         assert math.isfinite(last[key]), key

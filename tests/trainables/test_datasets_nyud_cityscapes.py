@@ -1,6 +1,7 @@
 """The real-data loaders (nyud, nyuv2_mtan, cityscapes_mtan, cityscapes) on tiny fixture trees
 written here in each dataset's exact on-disk format: decoded values round-trip, splits, masks,
-augmentation, checks, and one training epoch through the same train loop as on real data."""
+augmentation, checks, and one training epoch through the same train loop as on real data. Also
+what every loader shares: task-driven augmentation and summary, the params bases, make_tasks."""
 from __future__ import annotations
 
 import math
@@ -14,9 +15,16 @@ from PIL import Image
 import trainables  # noqa: F401  (registers the plug-ins)
 from trainables.config import TrialConfig
 from trainables.datasets import cityscapes as cs
-from trainables.datasets import common
 from trainables.datasets import nyud
-from trainables.registry import DATASETS
+from trainables.datasets.base import make_tasks
+from trainables.datasets.disk import DiskDataset
+from trainables.datasets.params import HoldoutParams, SampleParams, ZoomParams
+from trainables.datasets.readers import DataCheckError
+from trainables.datasets.summary import summarize
+from trainables.datasets.transforms import normalize_image, random_scale_crop, zoom_and_flip
+from trainables.plugins import Plugin
+from trainables.registry import DATASETS, TASKS
+from trainables.schema import field_names
 from trainables.session import Session
 from trainables.train_loop import fit
 
@@ -134,7 +142,7 @@ def test_nyud_describe_and_registry():
     assert info.tasks["semseg"].params == {"num_classes": 40}
     assert info.input_size == (480, 640) and info.default_batch_sizes == (4, 6, 8)
     assert cls.describe(image_size=[48, 64]).input_size == (48, 64)
-    with pytest.raises(ValueError, match="unknown parameter.*bogus"):
+    with pytest.raises(ValueError, match="bogus: unknown key"):
         cls.describe(bogus=1)
     with pytest.raises(ValueError, match="val_fraction"):
         cls.describe(val_fraction=1.5)
@@ -164,7 +172,7 @@ def test_nyud_values_round_trip(nyud_tree):
         image = item["image"]
         decoded = np.array(Image.open(os.path.join(root, "images", f"{sample_id}.jpg")).convert("RGB"))
         assert image.shape == (3, H, W) and image.dtype == torch.float32
-        assert torch.allclose(image, common.normalize_image(decoded, nyud.IMAGENET_MEAN, nyud.IMAGENET_STD))
+        assert torch.allclose(image, normalize_image(decoded, nyud.IMAGENET_MEAN, nyud.IMAGENET_STD))
         assert all(bool(m) for m in item["mask"].values()) and set(item["mask"]) == set(nyud.TASK_NAMES)
 
 
@@ -226,12 +234,12 @@ def test_nyud_prepare_names_missing_and_bad_files(tmp_path):
     write_nyud(tmp_path, train=TRAIN_IDS[:3], val=VAL_IDS[:1])
     cls = DATASETS.get("nyud")
     assert cls.prepare(str(tmp_path)) is None
-    with pytest.raises(common.DataCheckError, match="image of 480x640"):
+    with pytest.raises(DataCheckError, match="image of 480x640"):
         cls.prepare(str(tmp_path), image_size=[480, 640])
     os.remove(tmp_path / "edge" / "0002.npy")
-    with pytest.raises(common.DataCheckError, match=r"edge.0002\.npy: missing file"):
+    with pytest.raises(DataCheckError, match=r"edge.0002\.npy: missing file"):
         cls.prepare(str(tmp_path))
-    with pytest.raises(common.DataCheckError, match="missing folder"):
+    with pytest.raises(DataCheckError, match="missing folder"):
         cls.prepare(str(tmp_path / "nowhere"))
 
 
@@ -245,15 +253,17 @@ def test_nyud_check_decodes_every_small_list_and_finds_bad_value(tmp_path):
     seg = np.array(Image.open(tmp_path / "segmentation" / "0002.png"))
     seg[5, 5] = 41
     Image.fromarray(seg).save(tmp_path / "segmentation" / "0002.png")
-    with pytest.raises(common.DataCheckError, match=r"0002\.png: values must be in 0\.\.40"):
+    with pytest.raises(DataCheckError, match=r"0002\.png: values must be in 0\.\.40"):
         cls.check(str(tmp_path))
 
 
 def test_nyud_one_epoch_through_the_train_loop(tmp_path):
     write_nyud(tmp_path, train=TRAIN_IDS, val=VAL_IDS, h=32, w=32)
-    cfg = TrialConfig(experiment="t", tasks=("semseg", "depth"), dataset="nyud", data_root=str(tmp_path),
-                      dataset_params={"max_samples": 4, "image_size": [32, 32]}, architecture="mtl_baseline",
-                      backbone="tiny_cnn", head="conv", epochs=1, batch_size=2, eval_batch_size=2)
+    cfg = TrialConfig(experiment="t", tasks=("semseg", "depth"),
+                      dataset={"name": "nyud", "params": {"max_samples": 4, "image_size": [32, 32]}},
+                      data_root=str(tmp_path),
+                      model={"architecture": "mtl_baseline", "backbone": "tiny_cnn", "head": "conv"}, epochs=1,
+                      batch_size=2, eval_batch_size=2)
     report = fit(cfg, Session(device=torch.device("cpu")))
     for key in ("val/semseg/miou", "val/depth/rmse", "test/semseg/miou", "test/depth/rmse",
                 "train/semseg/loss", "train/depth/loss"):
@@ -334,11 +344,11 @@ def test_cityscapes_mtan_label_folders_and_disparity_scaling(tmp_path):
 def test_mtan_missing_sample_is_named(tmp_path):
     write_mtan(tmp_path, "nyuv2_mtan")
     os.remove(tmp_path / "train" / "normal" / "3.npy")
-    with pytest.raises(common.DataCheckError, match=r"normal.3\.npy: missing file"):
+    with pytest.raises(DataCheckError, match=r"normal.3\.npy: missing file"):
         DATASETS.get("nyuv2_mtan").prepare(str(tmp_path))
     write_mtan(tmp_path / "b", "nyuv2_mtan")
     os.remove(tmp_path / "b" / "val" / "image" / "0.npy")
-    with pytest.raises(common.DataCheckError, match=r"image.0\.npy: missing file"):
+    with pytest.raises(DataCheckError, match=r"image.0\.npy: missing file"):
         DATASETS.get("nyuv2_mtan").prepare(str(tmp_path / "b"))
 
 
@@ -348,11 +358,17 @@ def test_mtan_missing_sample_is_named(tmp_path):
 def test_cityscapes_describe():
     info = DATASETS.get("cityscapes").describe()
     assert set(info.tasks) == {"semseg", "depth", "instance_center"}
-    assert info.tasks["semseg"].params == {"num_classes": 19} and info.tasks["instance_center"].type == "instance_center"
+    assert info.tasks["semseg"].params == {"num_classes": 19} and info.tasks["instance_center"].name == "instance_center"
     assert info.input_size == (256, 512)
     assert DATASETS.get("cityscapes").describe(size=None).input_size == (1024, 2048)
     with pytest.raises(ValueError, match="depth_from_disparity"):
         DATASETS.get("cityscapes").describe(depth_from_disparity="inverse")
+    # the depth task knows whether it serves disparity (its zoom multiplies by s) or metres
+    assert info.tasks["depth"] == Plugin("depth", {"disparity": True})
+    metric = DATASETS.get("cityscapes").describe(depth_from_disparity="metric")
+    assert metric.tasks["depth"].params == {"disparity": False}
+    assert DATASETS.get("cityscapes_mtan").describe().tasks["depth"].params == {"disparity": True}
+    assert DATASETS.get("nyuv2_mtan").describe().tasks["depth"].params == {"disparity": False}
 
 
 def test_cityscapes_train_ids_and_disparity(tmp_path):
@@ -439,5 +455,68 @@ def test_cityscapes_bad_instance_id_is_named(tmp_path):
     inst = np.full((16, 32), 7, np.uint16)
     inst[0, 0] = 5000  # class 5 has no instances
     write_cityscapes(tmp_path, extra={("train", 1): {"instance": inst}})
-    with pytest.raises(common.DataCheckError, match=r"bochum_000001_000019_gtFine_instanceIds\.png: values"):
+    with pytest.raises(DataCheckError, match=r"bochum_000001_000019_gtFine_instanceIds\.png: values"):
         DATASETS.get("cityscapes").check(str(tmp_path))
+
+
+# ---------------------------------------------------------------- what every loader shares
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_zoom_and_flip_asks_each_targets_task(seed):
+    """Names carry no meaning: the values follow the task type (metric depth / s, disparity * s,
+    offsets * (fy, fx), x negated by a flip), image-level targets pass through."""
+    tasks = {"a": TASKS.get("depth")("a"), "b": TASKS.get("depth")("b", disparity=True),
+             "c": TASKS.get("instance_center")("c"), "d": TASKS.get("scene")("d", num_classes=4)}
+    g = torch.Generator().manual_seed(seed)
+    image = torch.rand(3, 8, 12, generator=g)
+    targets = {"a": torch.rand(1, 8, 12, generator=g) + 1, "b": torch.rand(1, 8, 12, generator=g) + 1,
+               "c": torch.randn(2, 8, 12, generator=g), "d": torch.tensor(2)}
+    torch.manual_seed(seed)
+    image_z, dense, s, (fy, fx) = random_scale_crop(image, {k: targets[k] for k in "abc"}, (1.5, 2.0))
+    flipped = bool(torch.rand(()) < 0.5)
+    torch.manual_seed(seed)
+    out_image, out = zoom_and_flip(image, targets, tasks, (1.5, 2.0), flip=True)
+    expected = {"a": dense["a"] / s, "b": dense["b"] * s, "c": dense["c"] * torch.tensor([fy, fx]).view(2, 1, 1)}
+    if flipped:
+        image_z, expected = image_z.flip(-1), {k: v.flip(-1) for k, v in expected.items()}
+        expected["c"][1] *= -1
+    assert torch.equal(out_image, image_z) and out["d"] is targets["d"]
+    assert all(torch.equal(out[k], expected[k]) for k in "abc")
+
+
+def test_summary_counts_what_each_task_ignores():
+    tasks = {"x": TASKS.get("depth")("x"), "y": TASKS.get("semseg")("y", num_classes=3)}
+    labelled = {"x": torch.tensor(True), "y": torch.tensor(True)}
+    unlabelled = {"x": torch.tensor(False), "y": torch.tensor(False)}
+    items = [{"image": torch.zeros(3, 1, 2), "mask": labelled,
+              "targets": {"x": torch.tensor([[[0.0, 2.0]]]), "y": torch.tensor([[255, 1]])}},
+             {"image": torch.ones(3, 1, 2), "mask": unlabelled,  # not counted
+              "targets": {"x": torch.tensor([[[9.0, 9.0]]]), "y": torch.tensor([[2, 2]])}}]
+    summary = summarize(lambda split: items, ["train"], tasks)
+    assert summary["splits"] == {"train": 2}
+    assert summary["tasks"]["x"] == {"shape": [1, 1, 2], "dtype": "float32", "min": 2.0, "max": 2.0,
+                                     "ignored_fraction": 0.5}
+    assert summary["tasks"]["y"]["ignored_fraction"] == 0.5 and summary["tasks"]["y"]["max"] == 1.0
+    assert summary["tasks"]["image"]["ignored_fraction"] == 0.0 and summary["tasks"]["image"]["max"] == 1.0
+
+
+@pytest.mark.parametrize("name", DATASETS.names())
+def test_every_dataset_describes_tasks_that_build(name):
+    info = DATASETS.get(name).describe()
+    tasks = make_tasks(info, info.tasks)
+    for task_name, task in tasks.items():
+        assert isinstance(info.tasks[task_name], Plugin) and type(task) is TASKS.get(info.tasks[task_name].name)
+        assert task.name == task_name
+
+
+@pytest.mark.parametrize("name", [n for n in DATASETS.names() if issubclass(DATASETS.get(n), DiskDataset)])
+def test_loader_params_carry_only_fields_the_loader_uses(name):
+    cls = DATASETS.get(name)
+    assert issubclass(cls.Params, SampleParams)  # max_samples, flip
+    # val_fraction / seed only where "val" is carved out of the official train list
+    assert issubclass(cls.Params, HoldoutParams) == (cls.HOLDOUT is not None)
+    # scales only where the random zoom-crop runs
+    zooms = name in ("nyud", "cityscapes", "nyuv2_mtan", "cityscapes_mtan")
+    assert issubclass(cls.Params, ZoomParams) == zooms == ("scales" in field_names(cls.Params))
+

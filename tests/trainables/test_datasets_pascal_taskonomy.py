@@ -17,7 +17,8 @@ from orchestrator.cli import main
 from trainables.config import TrialConfig
 from trainables.datasets import pascal_context as pc
 from trainables.datasets import taskonomy as tk
-from trainables.datasets.common import DataCheckError
+from trainables.datasets.base import make_tasks
+from trainables.datasets.readers import DataCheckError
 from trainables.registry import DATASETS
 from trainables.session import Session
 from trainables.train_loop import fit
@@ -142,16 +143,18 @@ def test_pascal_splits_and_semseg_source(pascal):
 
 
 def test_pascal_geometry_rotation_and_flip():
-    labels = torch.arange(16.0).view(4, 4)
+    labels = torch.arange(16).view(4, 4)
     normals = torch.zeros(3, 4, 4)
     normals[0] = 1.0  # pointing right (x)
-    img, out = pc.geometry(torch.zeros(3, 4, 4), {"semseg": labels, "normals": normals}, (4, 4), angle=90.0)
+    tasks = make_tasks(pc.PascalContext.describe(), ["semseg", "normals"])
+    targets = {"semseg": labels, "normals": normals}
+    img, out = pc.geometry(torch.zeros(3, 4, 4), targets, tasks, (4, 4), angle=90.0)
     assert torch.equal(out["semseg"], torch.rot90(labels, 1, (0, 1)))  # counter-clockwise on screen
     assert out["normals"][:, 1, 1].tolist() == pytest.approx([0.0, -1.0, 0.0], abs=1e-6)  # now up (y down)
-    _, flipped = pc.geometry(torch.zeros(3, 4, 4), {"semseg": labels, "normals": normals}, (4, 4), flip=True)
-    assert torch.equal(flipped["semseg"], labels.flip(-1))
+    _, flipped = pc.geometry(torch.zeros(3, 4, 4), targets, tasks, (4, 4), flip=True)
+    assert torch.equal(flipped["semseg"], labels.flip(-1)) and flipped["semseg"].dtype == torch.long
     assert flipped["normals"][0].unique().tolist() == [-1.0]
-    _, small = pc.geometry(torch.zeros(3, 4, 4), {"semseg": labels}, (4, 4), scale=0.5)
+    _, small = pc.geometry(torch.zeros(3, 4, 4), {"semseg": labels}, tasks, (4, 4), scale=0.5)
     assert (small["semseg"][0] == 255).all() and small["semseg"][1, 1] != 255  # outside -> ignore
 
 
@@ -195,9 +198,10 @@ def test_pascal_check_cli_and_bad_files(pascal, tmp_path, capsys):
 
 def test_pascal_trains_one_epoch(pascal):
     root, _ = pascal
-    cfg = TrialConfig(experiment="t", tasks=("semseg", "human_parts"), dataset="pascal_context", data_root=str(root),
-                      dataset_params={"image_size": [32, 32]}, architecture="mtl_baseline", backbone="tiny_cnn",
-                      head="conv", epochs=1, batch_size=2, eval_batch_size=2)
+    cfg = TrialConfig(experiment="t", tasks=("semseg", "human_parts"),
+                      dataset={"name": "pascal_context", "params": {"image_size": [32, 32]}}, data_root=str(root),
+                      model={"architecture": "mtl_baseline", "backbone": "tiny_cnn", "head": "conv"}, epochs=1,
+                      batch_size=2, eval_batch_size=2)
     last = fit(cfg, Session(device=torch.device("cpu")))
     for key in ("val/semseg/miou", "val/human_parts/miou", "test/semseg/miou", "test/human_parts/miou",
                 "train/semseg/loss", "train/human_parts/loss"):
@@ -326,9 +330,10 @@ def test_taskonomy_check_and_errors(tasko, tmp_path, capsys):
 
 
 def test_taskonomy_trains_one_epoch(tasko):
-    cfg = TrialConfig(experiment="t", tasks=("semseg", "depth"), dataset="taskonomy", data_root=str(tasko),
-                      dataset_params={"image_size": [32, 32]}, architecture="mtl_baseline", backbone="tiny_cnn",
-                      head="conv", epochs=1, batch_size=2, eval_batch_size=2)
+    cfg = TrialConfig(experiment="t", tasks=("semseg", "depth"),
+                      dataset={"name": "taskonomy", "params": {"image_size": [32, 32]}}, data_root=str(tasko),
+                      model={"architecture": "mtl_baseline", "backbone": "tiny_cnn", "head": "conv"}, epochs=1,
+                      batch_size=2, eval_batch_size=2)
     last = fit(cfg, Session(device=torch.device("cpu")))
     for key in ("val/semseg/miou", "val/depth/l1", "test/depth/l1", "train/semseg/loss", "train/depth/loss"):
         assert math.isfinite(last[key]), key

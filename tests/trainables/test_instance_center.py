@@ -1,4 +1,5 @@
-"""The instance_center task: NaN-ignore convention, masked L1 loss and hand-computed metrics."""
+"""The instance_center task: NaN-ignore convention, masked L1 loss, hand-computed metrics and
+the geometry of its offsets (mirror, zoom)."""
 import math
 
 import pytest
@@ -54,3 +55,13 @@ def test_metric_hand_computed_and_sum_reducible():
     task.update_metric(both, torch.cat([pred, pred + 1]), torch.cat([target, target]))
     assert torch.allclose(a + b, both)
     assert all(math.isnan(v) for v in task.compute_metric(task.metric_state()).values())
+
+
+def test_instance_center_hflip_negates_dx_and_zoom_scales_offsets():
+    task = TASKS.get("instance_center")()
+    t = torch.tensor([[[1.0, NAN, 3.0]], [[-2.0, NAN, 4.0]]])  # (dy, dx) of 3 pixels, the middle unlabelled
+    flipped = task.hflip(t)
+    assert flipped[0, 0].tolist()[::2] == [3.0, 1.0] and flipped[1, 0].tolist()[::2] == [-4.0, 2.0]
+    zoomed = task.zoom(t, 1.5, (2.0, 1.25))  # (dy, dx) * (fy, fx)
+    assert zoomed[0, 0].tolist()[::2] == [2.0, 6.0] and zoomed[1, 0].tolist()[::2] == [-2.5, 5.0]
+    assert task.ignored(t).tolist() == [[[False, True, False]]] * 2

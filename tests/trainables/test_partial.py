@@ -191,7 +191,8 @@ def test_label_file_through_the_train_loop(tmp_path):
     params = dict(image_size=32, num_train=8, num_val=4, num_test=4)
     SyntheticScenes.prepare(str(tmp_path), **params)
     label_file = partial.materialize(str(tmp_path / "study"), 8, ["semseg", "depth"], {"setting": "onelabel"})
-    cfg = TrialConfig(experiment="t", tasks=("semseg", "depth"), data_root=str(tmp_path), dataset_params=params,
-                      epochs=1, batch_size=2, eval_batch_size=4, label_file=label_file)
+    cfg = TrialConfig(experiment="t", tasks=("semseg", "depth"), data_root=str(tmp_path),
+                      dataset={"name": "synthetic", "params": params}, epochs=1, batch_size=2, eval_batch_size=4,
+                      label_file=label_file)
     report = fit(cfg, Session(device=torch.device("cpu")))
     assert math.isfinite(report["val/semseg/miou"]) and math.isfinite(report["test/depth/rmse"])

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 import trainables.tasks  # noqa: F401  (registers the task types)
 from trainables.registry import TASKS
+from trainables.schema import ConfigError
 from trainables.tasks import Task
+from trainables.tasks.depth import DepthParams
 
 
 def _state(task: Task, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -107,6 +110,45 @@ def test_depth_min_depth_masks_targets():
     assert task.compute_metric(_state(task, p, t))["rmse"] == pytest.approx(1.0)
 
 
+def test_depth_metrics_clamp_non_positive_predictions_as_the_survey():
+    # gt (2, 3), pred (-1, 4): the survey's evaluation sets pred <= 0 to 1e-9 before the metrics.
+    p = torch.tensor([-1.0, 4.0], dtype=torch.float64).view(1, 1, 1, 2)
+    t = torch.tensor([2.0, 3.0], dtype=torch.float64).view(1, 1, 1, 2)
+    survey = TASKS.get("depth")()  # eval_clamp 1e-9 by default
+    m = survey.compute_metric(_state(survey, p, t))
+    assert m["rmse"] == pytest.approx(math.sqrt(((2 - 1e-9) ** 2 + 1) / 2), rel=1e-12)
+    assert m["l1"] == pytest.approx((2 - 1e-9 + 1) / 2, rel=1e-12)
+    assert m["abs_rel"] == pytest.approx(((2 - 1e-9) / 2 + 1 / 3) / 2, rel=1e-12)
+    raw = TASKS.get("depth")(eval_clamp=None)
+    assert raw.compute_metric(_state(raw, p, t))["rmse"] == pytest.approx(math.sqrt((9 + 1) / 2))
+    other = TASKS.get("depth")(eval_clamp=0.5)  # 2 - 0.5 = 1.5
+    assert other.compute_metric(_state(other, p, t))["rmse"] == pytest.approx(math.sqrt((1.5 ** 2 + 1) / 2))
+    # the loss never sees the clamp: L1 of the raw prediction, (3 + 1) / 2
+    assert survey.loss(p, t).item() == pytest.approx(2.0)
+
+
+# ----------------------------------------------------------------------------- parameters
+def test_params_as_keywords_or_a_params_instance():
+    by_kwargs = TASKS.get("depth")("d", min_depth=0.5)
+    by_params = TASKS.get("depth")("d", params=DepthParams(min_depth=0.5))
+    assert by_kwargs.params == by_params.params == DepthParams(min_depth=0.5)
+    assert by_kwargs.name == "d" and TASKS.get("depth")().name == "depth"
+    with pytest.raises(TypeError, match="not both"):
+        TASKS.get("depth")("d", params=DepthParams(), min_depth=0.5)
+    with pytest.raises(ConfigError, match=r"task 'depth'\.min_dept: unknown key; accepted here: min_depth, "):
+        TASKS.get("depth")(min_dept=0.5)
+    with pytest.raises(ConfigError, match=r"task 'scene'\.num_classes: required"):
+        TASKS.get("scene")()
+
+
+@pytest.mark.parametrize("type_", TASKS.names())
+def test_every_task_declares_frozen_params(type_):
+    cls = TASKS.get(type_)
+    task = _sample(type_, 1, seed=0)[0]
+    assert isinstance(task.params, cls.Params)
+    assert cls.Params.__dataclass_params__.frozen
+
+
 # ----------------------------------------------------------------------------- normals
 def _normals_case():
     """Target (0,0,1); pred = target rotated about x by 0, 10, 20, 45, 90 degrees (scaled by
@@ -124,10 +166,44 @@ def test_normals_angles_by_hand():
     m = task.compute_metric(_state(task, pred, target))
     assert m["mean_angle"] == pytest.approx((0 + 10 + 20 + 45 + 90) / 5, abs=1e-6)
     assert m["rmse_angle"] == pytest.approx(math.sqrt((100 + 400 + 2025 + 8100) / 5), abs=1e-6)
-    assert m["median_angle"] == pytest.approx(20.0, abs=0.05)  # histogram resolution 0.05 deg
+    assert m["median_angle"] == pytest.approx(20.0, abs=0.05)  # the bound below the 0.05-deg bins
     assert m["within_11.25"] == pytest.approx(40.0)
     assert m["within_22.5"] == pytest.approx(60.0)
     assert m["within_30"] == pytest.approx(60.0)
+
+
+def _normals_at(angles_deg) -> tuple:
+    """(pred, target) [1, 3, 1, n] with angular errors ``angles_deg`` (target z, pred in y-z)."""
+    a = torch.deg2rad(torch.as_tensor(angles_deg, dtype=torch.float64))
+    pred = torch.stack([torch.zeros_like(a), torch.sin(a), torch.cos(a)])
+    target = torch.zeros_like(pred)
+    target[2] = 1.0
+    return pred.view(1, 3, 1, -1), target.view(1, 3, 1, -1)
+
+
+def test_normals_median_of_two_sparse_pixels():
+    # 10 and 50 degrees: the median is 30 (numpy's mean of the two middle values); a 50 %
+    # quantile interpolated in the histogram would give ~10.05.
+    task = TASKS.get("normals")()
+    m = task.compute_metric(_state(task, *_normals_at([10.0, 50.0])))
+    assert m["median_angle"] == pytest.approx(30.0, abs=0.05)
+    assert m["mean_angle"] == pytest.approx(30.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_normals_median_within_a_bin_of_numpy(seed):
+    rng = np.random.default_rng(seed)
+    task = TASKS.get("normals")()
+    sizes = list(range(1, 12)) + [50, 101, 1000, 4001]
+    for n in sizes:
+        for spread in (180.0, 5.0, 0.2):  # spread out, and crowded into a few bins
+            angles = rng.uniform(0, spread, n)
+            pred, target = _normals_at(angles)
+            cos = (F.normalize(pred, dim=1) * target).sum(1).clamp(-1, 1)
+            served = torch.rad2deg(torch.acos(cos)).view(-1).numpy()  # the angles the task sees
+            m = task.compute_metric(_state(task, pred, target))
+            assert abs(m["median_angle"] - np.median(served)) <= 0.05, (n, spread)
+            assert m["mean_angle"] == pytest.approx(served.mean(), abs=1e-9)
 
 
 def test_normals_loss_by_hand_and_scale_invariant():
@@ -304,6 +380,23 @@ def test_every_task_contract(type_):
     state = _state(task, pred.clone().requires_grad_(True), target)
     assert not state.requires_grad
     assert task.predict(pred).shape[0] == pred.shape[0]
+
+
+@pytest.mark.parametrize("type_", TASKS.names())
+def test_every_task_target_geometry_contract(type_):
+    """On one sample: ``ignored`` is a bool mask of the target's shape, ``hflip`` keeps shape and
+    dtype and undoes itself, a zoom by 1 and a rotation by 0 change nothing."""
+    task, _, target = _sample(type_, 2, seed=4)
+    x = target[0]
+    ignored = task.ignored(x)
+    assert ignored.dtype == torch.bool and ignored.shape == x.shape
+    flipped = task.hflip(x)
+    assert flipped.shape == x.shape and flipped.dtype == x.dtype
+    assert torch.equal(torch.nan_to_num(task.hflip(flipped)), torch.nan_to_num(x))
+    assert torch.equal(torch.nan_to_num(task.zoom(x, 1.0, (1.0, 1.0))), torch.nan_to_num(x))
+    assert torch.allclose(torch.nan_to_num(task.rotate(x, 0.0)), torch.nan_to_num(x))
+    if task.kind == "image":
+        assert torch.equal(flipped, x) and not ignored.any()
 
 
 def test_every_builtin_type_is_registered():

@@ -1,4 +1,6 @@
-"""The task types of the PASCAL / Taskonomy / CelebA studies: losses and metrics by hand."""
+"""The task types of the PASCAL / Taskonomy / CelebA studies: losses and metrics by hand; and
+every task's target geometry (``hflip`` / ``zoom`` / ``rotate`` / ``resample``) and ``ignored``
+rule on hand-computed samples."""
 from __future__ import annotations
 
 import math
@@ -8,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import trainables.tasks  # noqa: F401  (registers the task types)
+from trainables.datasets.transforms import resize_map
 from trainables.registry import TASKS
 
 
@@ -138,3 +141,67 @@ def test_attribute_bce_and_accuracy_by_hand():
 def test_invalid_kwargs_name_the_field(type_, kwargs, field):
     with pytest.raises(ValueError, match=f"{type_}: {field}"):
         TASKS.get(type_)(**kwargs)
+
+
+# ----------------------------------------------------------------------------- target geometry
+NAN = float("nan")
+
+
+def test_normals_hflip_negates_x_and_rotate_turns_in_plane():
+    task = TASKS.get("normals")()
+    n = torch.tensor([[[0.5, 0.0]], [[0.0, 0.5]], [[0.75, 0.75]]])  # [3, 1, 2]
+    assert task.hflip(n).tolist() == [[[-0.0, -0.5]], [[0.5, 0.0]], [[0.75, 0.75]]]
+    right = torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1)
+    # image rotated 90 deg counter-clockwise: a normal pointing right now points up (y down)
+    assert task.rotate(right, 90.0).view(3).tolist() == pytest.approx([0.0, -1.0, 0.0], abs=1e-7)
+    assert torch.equal(task.zoom(n, 1.5, (1.5, 1.5)), n)  # a zoom keeps directions
+
+
+def test_normals_ignored_and_resample():
+    task = TASKS.get("normals")()
+    n = torch.tensor([[[0.0, 3.0]], [[0.0, 4.0]], [[0.0, 0.0]]])  # pixel 0 invalid (zero vector)
+    assert task.ignored(n).tolist() == [[[True, False]]] * 3
+    up = task.resample(n, lambda x, mode: resize_map(x, (1, 4), mode))  # nearest validity, bilinear values
+    assert up[:, 0, :2].abs().sum() == 0
+    assert up[:, 0, 2:].flatten().tolist() == pytest.approx([0.6, 0.6, 0.8, 0.8, 0.0, 0.0])
+    inside = torch.tensor([[True, True, True, False]])
+    assert task.resample(n, lambda x, mode: resize_map(x, (1, 4), mode), inside)[:, 0, 3].abs().sum() == 0
+
+
+def test_depth_zoom_divides_metric_depth_and_multiplies_disparity():
+    d = torch.tensor([[[2.0, 0.0, 6.0]]])
+    metric, disparity = TASKS.get("depth")(), TASKS.get("depth")(disparity=True)
+    assert metric.zoom(d, 2.0, (2.0, 2.0)).tolist() == [[[1.0, 0.0, 3.0]]]  # the scene comes 2x closer
+    assert disparity.zoom(d, 2.0, (2.0, 2.0)).tolist() == [[[4.0, 0.0, 12.0]]]  # nearer = larger disparity
+    assert metric.hflip(d).tolist() == [[[6.0, 0.0, 2.0]]]
+    assert metric.ignored(torch.tensor([[[2.0, 0.0, -1.0, NAN]]])).tolist() == [[[False, True, True, True]]]
+    assert TASKS.get("depth")(min_depth=2.0).ignored(d).tolist() == [[[True, True, False]]]
+
+
+def test_label_maps_ignore_their_ignore_index_and_resample_nearest():
+    seg = TASKS.get("semseg")(num_classes=3)
+    labels = torch.tensor([[0, 255, 2]])
+    assert seg.ignored(labels).tolist() == [[False, True, False]]
+    assert seg.hflip(labels).tolist() == [[2, 255, 0]] and torch.equal(seg.zoom(labels, 2.0, (2.0, 2.0)), labels)
+    own = TASKS.get("semseg")(num_classes=3, ignore_index=-1)  # the parameter drives the rule
+    assert own.ignored(torch.tensor([[0, -1, 255]])).tolist() == [[False, True, False]]
+    inside = torch.tensor([[True] * 5 + [False]])
+    out = seg.resample(labels, lambda x, mode: resize_map(x, (1, 6), mode), inside)
+    assert out.dtype == torch.long and out.tolist() == [[0, 0, 255, 255, 2, 255]]
+    assert TASKS.get("human_parts")().ignored(labels).tolist() == [[False, True, False]]
+    for type_ in ("edge", "saliency"):
+        binary = torch.tensor([[[1.0, 255.0, 0.0]]])
+        assert TASKS.get(type_)().ignored(binary).tolist() == [[[False, True, False]]]
+
+
+def test_dense_l1_ignores_non_finite_and_its_invalid_value():
+    t = torch.tensor([[[0.0, NAN, 0.5, float("inf")]]])
+    assert TASKS.get("dense_l1")().ignored(t).tolist() == [[[False, True, False, True]]]
+    assert TASKS.get("keypoints")(invalid_value=0.0).ignored(t).tolist() == [[[True, True, False, True]]]
+
+
+def test_image_level_targets_ignore_geometry():
+    samples = ((TASKS.get("scene")(num_classes=5), torch.tensor(3)), (TASKS.get("attribute")(), torch.tensor(1.0)))
+    for task, y in samples:
+        assert task.hflip(y) is y and task.zoom(y, 2.0, (2.0, 2.0)) is y and task.resample(y, None) is y
+        assert not task.ignored(y).any()

@@ -13,7 +13,7 @@ on-disk layout, without torchvision's loader (it verifies the official files' MD
                                                 (162,770 / 19,867 / 19,962 images)
 
 Tasks: "attr_<name lower-cased>" (e.g. "attr_smiling", "attr_5_o_clock_shadow"), each
-TaskSpec("attribute"): target FloatTensor [] with -1 -> 0 and 1 -> 1; every sample carries all
+Plugin("attribute"): target FloatTensor [] with -1 -> 0 and 1 -> 1; every sample carries all
 40 labels. Splits: the official partition. Images: resized to ``image_size`` (bilinear,
 antialiased; default 224 x 224), ImageNet mean / std. Augmentation (``augment=True``): a
 random crop of the image zero-padded by ``crop_padding`` pixels (default 16; the survey does
@@ -29,15 +29,18 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from trainables.datasets import common
-from trainables.datasets.base import SPLITS, DatasetInfo, TaskSpec
-from trainables.datasets.common import IMAGENET_MEAN, IMAGENET_STD
+from trainables.datasets import readers
+from trainables.datasets.base import SPLITS, DatasetInfo
 from trainables.datasets.disk import DiskDataset
+from trainables.datasets.params import SampleParams, as_size
+from trainables.datasets.transforms import (IMAGENET_MEAN, IMAGENET_STD, pad_random_crop, random_hflip, resize_map,
+                                            standardize)
+from trainables.plugins import Plugin
 from trainables.registry import register_dataset
 
 ATTRIBUTES = (
@@ -52,31 +55,25 @@ PARTITION = {"train": 0, "val": 1, "test": 2}
 
 
 @dataclass(frozen=True)
-class CelebAParams:
-    """Parameters of the ``celeba`` loader.
+class CelebAParams(SampleParams):
+    """Parameters of the ``celeba`` loader (besides ``SampleParams``': max_samples, flip; no
+    hold-out: the official partition has all three splits).
 
     Attributes:
         image_size: [H, W] the images are resized to (survey: 224 x 224).
         crop_padding: zero padding (pixels) of the random crop when augmenting; 0 = no crop.
-        flip: random horizontal flips when augmenting.
-        max_samples: keep only the first N samples of each split (smoke runs); None keeps all.
     """
 
     image_size: Tuple[int, int] = (224, 224)
     crop_padding: int = 16
-    flip: bool = True
-    max_samples: Optional[int] = None
+    dataset: ClassVar[str] = "celeba"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "image_size", common.as_size("celeba", "image_size", self.image_size, allow_none=False))
+        super().__post_init__()
+        object.__setattr__(self, "image_size", as_size("celeba", "image_size", self.image_size, allow_none=False))
         c = self.crop_padding
         if isinstance(c, bool) or not isinstance(c, int) or c < 0:
             raise ValueError(f"celeba: crop_padding must be an int >= 0, got {c!r}")
-        if not isinstance(self.flip, bool):
-            raise ValueError(f"celeba: flip must be a bool, got {self.flip!r}")
-        m = self.max_samples
-        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
-            raise ValueError(f"celeba: max_samples must be a positive int or null, got {m!r}")
 
 
 def folder(root: str) -> str:
@@ -88,7 +85,7 @@ def _lines(path: str) -> List[str]:
         with open(path) as fh:
             return fh.read().splitlines()
     except (OSError, UnicodeDecodeError) as err:
-        raise common.DataCheckError(path, f"cannot read ({getattr(err, 'strerror', None) or err})") from None
+        raise readers.DataCheckError(path, f"cannot read ({getattr(err, 'strerror', None) or err})") from None
 
 
 def read_attributes(path: str) -> Tuple[List[str], np.ndarray]:
@@ -97,21 +94,21 @@ def read_attributes(path: str) -> Tuple[List[str], np.ndarray]:
     try:
         count = int(lines[0].strip())
     except (IndexError, ValueError):
-        raise common.DataCheckError(path, "line 1: the image count expected") from None
+        raise readers.DataCheckError(path, "line 1: the image count expected") from None
     names = lines[1].split() if len(lines) > 1 else []
     if names != ATTRIBUTES:
-        raise common.DataCheckError(path, f"line 2: the 40 CelebA attribute names in order expected, found {names[:4]}...")
+        raise readers.DataCheckError(path, f"line 2: the 40 CelebA attribute names in order expected, found {names[:4]}...")
     files, values = [], []
     for n, line in enumerate(lines[2:], start=3):
         parts = line.split()
         if not parts:
             continue
         if len(parts) != 41 or any(v not in ("-1", "1") for v in parts[1:]):
-            raise common.DataCheckError(path, f"line {n}: '<file> <40 values in {{-1, 1}}>' expected, found {line[:60]!r}")
+            raise readers.DataCheckError(path, f"line {n}: '<file> <40 values in {{-1, 1}}>' expected, found {line[:60]!r}")
         files.append(parts[0])
         values.append([int(v) for v in parts[1:]])
     if len(files) != count:
-        raise common.DataCheckError(path, f"{count} images (line 1) expected, found {len(files)} rows")
+        raise readers.DataCheckError(path, f"{count} images (line 1) expected, found {len(files)} rows")
     return files, np.asarray(values, dtype=np.int8).reshape(-1, len(ATTRIBUTES))
 
 
@@ -123,7 +120,7 @@ def read_partition(path: str) -> Dict[str, int]:
         if not parts:
             continue
         if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
-            raise common.DataCheckError(path, f"line {n}: '<file> <0|1|2>' expected, found {line[:60]!r}")
+            raise readers.DataCheckError(path, f"line {n}: '<file> <0|1|2>' expected, found {line[:60]!r}")
         out[parts[0]] = int(parts[1])
     return out
 
@@ -138,7 +135,7 @@ def _lists(root: str, stamp: tuple) -> Tuple[Dict[str, List[str]], Dict[str, np.
     partition = read_partition(part_path)
     if set(partition) != set(files):
         extra = sorted(set(partition) ^ set(files))[:3]
-        raise common.DataCheckError(part_path, f"the same images as {attr_path} expected; they differ on e.g. {extra}")
+        raise readers.DataCheckError(part_path, f"the same images as {attr_path} expected; they differ on e.g. {extra}")
     code = np.array([partition[f] for f in files])
     labels = (values > 0).astype(np.float32)
     return ({s: [files[i] for i in np.flatnonzero(code == c)] for s, c in PARTITION.items()},
@@ -146,9 +143,9 @@ def _lists(root: str, stamp: tuple) -> Tuple[Dict[str, List[str]], Dict[str, np.
 
 
 def lists(root: str):
-    base = common.require_dir(folder(root), "CelebA folder <root>/celeba")
+    base = readers.require_dir(folder(root), "CelebA folder <root>/celeba")
     names = ("list_attr_celeba.txt", "list_eval_partition.txt")
-    paths = [common.require_file(os.path.join(base, n), "CelebA list file") for n in names]
+    paths = [readers.require_file(os.path.join(base, n), "CelebA list file") for n in names]
     return _lists(root, tuple(os.stat(p).st_mtime_ns for p in paths))
 
 
@@ -156,13 +153,13 @@ def verify(root: str, p: CelebAParams, decode: Optional[int]) -> Dict[str, int]:
     """List files, every image's existence, and decoding of ``decode`` images per split
     (no parameter changes what is checked)."""
     files, _ = lists(root)
-    images = common.require_dir(os.path.join(folder(root), "img_align_celeba"), "CelebA images")
+    images = readers.require_dir(os.path.join(folder(root), "img_align_celeba"), "CelebA images")
     n_decoded = 0
     for split in SPLITS:
         for f in files[split]:
-            common.require_file(os.path.join(images, f), f"image of {split} in list_eval_partition.txt")
-        for i in common.decode_sample(len(files[split]), decode):
-            common.read_image(os.path.join(images, files[split][i]), "RGB")
+            readers.require_file(os.path.join(images, f), f"image of {split} in list_eval_partition.txt")
+        for i in readers.decode_sample(len(files[split]), decode):
+            readers.read_image(os.path.join(images, files[split][i]), "RGB")
             n_decoded += 1
     return {"files": sum(len(v) for v in files.values()), "decoded": n_decoded}
 
@@ -179,7 +176,7 @@ class CelebA(DiskDataset):
         **params: CelebAParams fields.
     """
 
-    NAME, TASK_NAMES, PARAMS, ROOT = "celeba", TASK_NAMES, CelebAParams, "the folder holding celeba/"
+    NAME, TASK_NAMES, Params, ROOT = "celeba", TASK_NAMES, CelebAParams, "the folder holding celeba/"
     ROOT_HINTS = dict.fromkeys(("prepare", "check", "init"), "(--data-root / dataset.root)")
     HOLDOUT = None  # the official partition has all three splits
     SMOKE_PARAMS = {"max_samples": 64, "image_size": (64, 64), "crop_padding": 4}
@@ -191,7 +188,7 @@ class CelebA(DiskDataset):
         p = cls.params_of(params)
         return DatasetInfo(
             name="celeba",
-            tasks={t: TaskSpec("attribute", {}) for t in TASK_NAMES},
+            tasks={t: Plugin("attribute") for t in TASK_NAMES},
             input_size=p.image_size,
             default_batch_sizes=(32, 128, 256),  # survey supp. D.1
             notes="CelebA: 40 binary attributes (attr_<name>), official partition 162,770 / 19,867 / 19,962",
@@ -209,11 +206,11 @@ class CelebA(DiskDataset):
 
     def __getitem__(self, i: int) -> Dict[str, object]:
         p = self.params
-        rgb = common.read_image(os.path.join(self.images, self.items[i]), "RGB")
-        image = common.resize_map(torch.from_numpy(rgb).permute(2, 0, 1).float() / 255.0, p.image_size, "bilinear")
-        if self.augment:
-            image = common.pad_random_crop(image, p.crop_padding)
-            if p.flip and bool(torch.rand(()) < 0.5):
-                image = image.flip(-1)
+        rgb = readers.read_image(os.path.join(self.images, self.items[i]), "RGB")
+        image = resize_map(torch.from_numpy(rgb).permute(2, 0, 1).float() / 255.0, p.image_size, "bilinear")
         targets = {t: self.labels[i, k].clone() for k, t in enumerate(self.tasks)}
-        return self.make_item(common.standardize(image, IMAGENET_MEAN, IMAGENET_STD), targets)
+        if self.augment:
+            image = pad_random_crop(image, p.crop_padding)
+            if p.flip:
+                image, targets = random_hflip(image, targets, self.task_objects)
+        return self.make_item(standardize(image, IMAGENET_MEAN, IMAGENET_STD), targets)

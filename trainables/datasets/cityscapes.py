@@ -37,8 +37,9 @@ Splits: "train" / "val" are a seeded hold-out of the official train list; the of
 
 Augmentation (``augment=True``): the survey gives none for Cityscapes (its code for it was not
 released); here a horizontal flip with probability 1/2 (negating dx) and, with ``scales``
-other than (1,), the random zoom-crop of ``common.random_scale_crop`` (disparity * s, metric
-depth / s, offsets * the zoom factors).
+other than (1,), the random zoom-crop of ``transforms.random_scale_crop`` (disparity * s, metric
+depth / s, offsets * the zoom factors: the tasks' ``zoom``; ``describe`` marks the depth task as
+a disparity in "disparity" mode).
 
 Checks: every folder; for each image its three label files; decoding with range checks
 (labelIds <= 33; instanceIds < 34 or labelId * 1000 + k with labelId in 24..33; disparity a
@@ -51,15 +52,17 @@ from __future__ import annotations
 import glob
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from trainables.datasets import common
-from trainables.datasets.base import DatasetInfo, TaskSpec
-from trainables.datasets.common import IMAGENET_MEAN, IMAGENET_STD
+from trainables.datasets import readers
+from trainables.datasets.base import DatasetInfo
 from trainables.datasets.disk import DiskDataset
+from trainables.datasets.params import ZoomParams, as_size
+from trainables.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_image, resize_map, zoom_and_flip
+from trainables.plugins import Plugin
 from trainables.registry import register_dataset
 
 TASK_NAMES = ("semseg", "depth", "instance_center")
@@ -79,45 +82,41 @@ SUFFIX = {"image": ("leftImg8bit", "_leftImg8bit.png"), "semseg": ("gtFine", "_g
 
 
 @dataclass(frozen=True)
-class CityscapesParams:
-    """Parameters of the ``cityscapes`` loader.
+class CityscapesParams(ZoomParams):
+    """Parameters of the ``cityscapes`` loader (besides ``ZoomParams``': max_samples, flip,
+    val_fraction, seed - the seeded hold-out of the official train list served as "val" -
+    and scales, here by default (1,): no zoom).
 
     Attributes:
         size: [H, W] served (default [256, 512], the survey's 512 x 256); None: native.
         native_size: expected [H, W] of the files; None: the first image's (1024 x 2048).
         depth_from_disparity: "disparity" (px) or "metric" (metres); see the module docstring.
-        val_fraction, seed: the seeded hold-out of the official train list served as "val".
-        max_samples: keep only the first N samples of each split (smoke runs).
-        scales: zoom factors of the random scale crop (default (1,): none); flip: random flips.
     """
 
+    scales: Tuple[float, ...] = (1.0,)
     size: Optional[Tuple[int, int]] = (256, 512)
     native_size: Optional[Tuple[int, int]] = None
     depth_from_disparity: str = "disparity"
-    val_fraction: float = 0.1
-    seed: int = 0
-    max_samples: Optional[int] = None
-    scales: Tuple[float, ...] = (1.0,)
-    flip: bool = True
+    dataset: ClassVar[str] = "cityscapes"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "size", common.as_size("cityscapes", "size", self.size))
-        object.__setattr__(self, "native_size", common.as_size("cityscapes", "native_size", self.native_size))
+        super().__post_init__()
+        object.__setattr__(self, "size", as_size("cityscapes", "size", self.size))
+        object.__setattr__(self, "native_size", as_size("cityscapes", "native_size", self.native_size))
         if self.depth_from_disparity not in ("disparity", "metric"):
             raise ValueError(f"cityscapes: depth_from_disparity must be 'disparity' or 'metric', "
                              f"got {self.depth_from_disparity!r}")
-        common.check_common_params("cityscapes", self)
 
 
 def official_samples(root: str, folder_split: str) -> List[Tuple[str, str]]:
     """(city, base name) of every image of ``leftImg8bit/<folder_split>``, sorted."""
-    common.require_dir(root, "Cityscapes root")
-    top = common.require_dir(os.path.join(root, "leftImg8bit", folder_split), f"images of {folder_split}")
+    readers.require_dir(root, "Cityscapes root")
+    top = readers.require_dir(os.path.join(root, "leftImg8bit", folder_split), f"images of {folder_split}")
     suffix = SUFFIX["image"][1]
     samples = [(os.path.basename(os.path.dirname(p)), os.path.basename(p)[: -len(suffix)])
                for p in glob.glob(os.path.join(top, "*", "*" + suffix))]
     if not samples:
-        raise common.DataCheckError(top, f"<city>/<city>_<seq>_<frame>{suffix} files expected, found none")
+        raise readers.DataCheckError(top, f"<city>/<city>_<seq>_<frame>{suffix} files expected, found none")
     return sorted(samples)
 
 
@@ -127,30 +126,30 @@ def paths(root: str, folder_split: str, city: str, base: str) -> Dict[str, str]:
 
 def read_sample(files: Dict[str, str], kinds: Sequence[str], native: Optional[Tuple[int, int]]) -> Dict[str, np.ndarray]:
     """Decode one sample's ``kinds`` at native resolution, with format and range checks."""
-    image = common.read_image(files["image"], "RGB")
+    image = readers.read_image(files["image"], "RGB")
     if native is not None and image.shape[:2] != tuple(native):
-        raise common.DataCheckError(files["image"], f"image of {native[0]}x{native[1]} expected, "
+        raise readers.DataCheckError(files["image"], f"image of {native[0]}x{native[1]} expected, "
                                                     f"found {image.shape[0]}x{image.shape[1]}")
     out = {"image": image}
     for kind in kinds:
         path = files[kind]
-        a = common.read_image(path, "raw")
+        a = readers.read_image(path, "raw")
         if a.ndim != 2 or a.shape != image.shape[:2]:
-            raise common.DataCheckError(path, f"single-channel png of {image.shape[0]}x{image.shape[1]} "
+            raise readers.DataCheckError(path, f"single-channel png of {image.shape[0]}x{image.shape[1]} "
                                               f"(like its image) expected, found {a.dtype} {a.shape}")
         if kind == "semseg":
             if a.dtype != np.uint8:
-                raise common.DataCheckError(path, f"8-bit label ids expected, found {a.dtype}")
-            common.check_range(path, a, f"label ids 0..{MAX_LABEL_ID}", a <= MAX_LABEL_ID)
+                raise readers.DataCheckError(path, f"8-bit label ids expected, found {a.dtype}")
+            readers.check_range(path, a, f"label ids 0..{MAX_LABEL_ID}", a <= MAX_LABEL_ID)
         elif kind == "instance_center":
             a = a.astype(np.int64)
             ok = (a >= 0) & ((a <= MAX_LABEL_ID) | ((a >= 24000) & (a < 34000)))
-            common.check_range(path, a, "label ids 0..33 or labelId*1000+k with labelId in 24..33", ok)
+            readers.check_range(path, a, "label ids 0..33 or labelId*1000+k with labelId in 24..33", ok)
         else:
             if a.dtype not in (np.uint16, np.int32, np.uint8):
-                raise common.DataCheckError(path, f"16-bit disparity png expected, found {a.dtype}")
+                raise readers.DataCheckError(path, f"16-bit disparity png expected, found {a.dtype}")
             a = a.astype(np.int64)
-            common.check_range(path, a, "16-bit values 0..65535", (a >= 0) & (a <= 65535))
+            readers.check_range(path, a, "16-bit values 0..65535", (a >= 0) & (a <= 65535))
         out[kind] = a
     return out
 
@@ -181,7 +180,7 @@ def instance_offsets(ids: np.ndarray, size: Optional[Tuple[int, int]]) -> torch.
     cy = np.bincount(inverse, ys) / count
     cx = np.bincount(inverse, xs) / count
     cy, cx = (cy + 0.5) * Ht / H - 0.5, (cx + 0.5) * Wt / W - 0.5  # pixel-centre mapping
-    grid = common.resize_map(torch.from_numpy(ids), (Ht, Wt), "nearest").numpy()
+    grid = resize_map(torch.from_numpy(ids), (Ht, Wt), "nearest").numpy()
     yt, xt = np.nonzero(grid > 0)
     k = np.searchsorted(uniq, grid[yt, xt])
     out[0, yt, xt] = torch.from_numpy((cy[k] - yt).astype(np.float32))
@@ -192,15 +191,15 @@ def instance_offsets(ids: np.ndarray, size: Optional[Tuple[int, int]]) -> torch.
 def verify(root: str, p: CityscapesParams, decode: Optional[int]) -> Dict[str, int]:
     """Folders, every image's label files, and decoding of ``decode`` samples per split."""
     for folder in ("leftImg8bit", "gtFine", "disparity"):
-        common.require_dir(os.path.join(root, folder), f"Cityscapes {folder}")
+        readers.require_dir(os.path.join(root, folder), f"Cityscapes {folder}")
     native, n_files, n_decoded = p.native_size, 0, 0
     for folder_split in ("train", "val"):
         samples = official_samples(root, folder_split)
         for city, base in samples:
             for kind, path in paths(root, folder_split, city, base).items():
-                common.require_file(path, f"{kind} of {base}")
+                readers.require_file(path, f"{kind} of {base}")
                 n_files += 1
-        for i in common.decode_sample(len(samples), decode):
+        for i in readers.decode_sample(len(samples), decode):
             arrays = read_sample(paths(root, folder_split, *samples[i]), TASK_NAMES, native)
             native = native or arrays["image"].shape[:2]
             n_decoded += 1
@@ -219,9 +218,8 @@ class Cityscapes(DiskDataset):
         **params: CityscapesParams fields.
     """
 
-    NAME, TASK_NAMES, PARAMS, ROOT = "cityscapes", TASK_NAMES, CityscapesParams, "the Cityscapes folder"
+    NAME, TASK_NAMES, Params, ROOT = "cityscapes", TASK_NAMES, CityscapesParams, "the Cityscapes folder"
     SMOKE_PARAMS = {"max_samples": 8}
-    IGNORE_RULES = {**common.DEFAULT_IGNORE_RULES, "instance_center": lambda t: torch.isnan(t)}
     verify = staticmethod(verify)  # the module's verify(root, p, decode)
     samples = property(lambda self: self.items, doc="(city, base name) of each item")
 
@@ -230,8 +228,9 @@ class Cityscapes(DiskDataset):
         p = cls.params_of(params)
         return DatasetInfo(
             name="cityscapes",
-            tasks={"semseg": TaskSpec("semseg", {"num_classes": N_CLASSES}), "depth": TaskSpec("depth", {}),
-                   "instance_center": TaskSpec("instance_center", {})},
+            tasks={"semseg": Plugin("semseg", {"num_classes": N_CLASSES}),
+                   "depth": Plugin("depth", {"disparity": p.depth_from_disparity == "disparity"}),
+                   "instance_center": Plugin("instance_center")},
             input_size=p.size or p.native_size or NATIVE_SIZE,
             default_batch_sizes=(4, 6, 8),  # the survey gives none for Cityscapes: NYUD's trio
             notes=f"Cityscapes official layout; depth as {p.depth_from_disparity}; official val served as test",
@@ -244,17 +243,16 @@ class Cityscapes(DiskDataset):
         p = self.params
         a = read_sample(paths(self.root, self.official_split, *self.items[i]), self.tasks, p.native_size)
         size = p.size or a["image"].shape[:2]
-        image = common.resize_map(common.normalize_image(a["image"], IMAGENET_MEAN, IMAGENET_STD), size, "bilinear")
+        image = resize_map(normalize_image(a["image"], IMAGENET_MEAN, IMAGENET_STD), size, "bilinear")
         targets: Dict[str, torch.Tensor] = {}
         for task in self.tasks:
             if task == "semseg":
-                targets[task] = common.resize_map(torch.from_numpy(LUT[a["semseg"]]), size, "nearest")
+                targets[task] = resize_map(torch.from_numpy(LUT[a["semseg"]]), size, "nearest")
             elif task == "depth":
                 d = torch.from_numpy(depth_target(a["depth"], p.depth_from_disparity))[None]
-                targets[task] = common.resize_map(d, size, "nearest")
+                targets[task] = resize_map(d, size, "nearest")
             else:
                 targets[task] = instance_offsets(a["instance_center"], size)
         if self.augment:
-            disparity = p.depth_from_disparity == "disparity"
-            image, targets = common.zoom_and_flip(image, targets, p.scales, p.flip, disparity=disparity)
+            image, targets = zoom_and_flip(image, targets, self.task_objects, p.scales, p.flip)
         return self.make_item(image, targets)

@@ -21,13 +21,14 @@ Images: MTAN and its successors feed the [0, 1] arrays un-normalised; ``normaliz
 (default) does the same, ``"imagenet"`` applies ImageNet mean / std (for pretrained backbones).
 
 Splits: the reference codes train on ``train`` and select and report on ``val``. Here "val"
-is a seeded hold-out of ``train`` (``common.holdout_split``) and ``val`` is served as "test".
+is a seeded hold-out of ``train`` (``disk.holdout_split``) and ``val`` is served as "test".
 
 Augmentation (``augment=True``): MTAN / MTPSL's random scale crop (zoom s in ``scales``,
 window int(H/s) x int(W/s), image bilinear, maps nearest) and, as in Auto-Lambda / MTPSL, a
 horizontal flip with probability 1/2 negating the normals' x. Metric depth is divided by s
-(as MTAN); a disparity map is multiplied by s (nearer = larger disparity) - MTAN's code divides
-its Cityscapes depth too, which is wrong for disparity. Normals use nearest, not bilinear, so
+(as MTAN); a disparity map is multiplied by s (nearer = larger disparity; ``describe`` marks
+cityscapes_mtan's depth task as a disparity) - MTAN's code divides its Cityscapes depth too,
+which is wrong for disparity. Normals use nearest, not bilinear, so
 that invalid zeros never blend with valid vectors.
 
 Checks: every folder and file; decoding with range checks (image in [0, 1]; labels integral in
@@ -45,10 +46,12 @@ from typing import ClassVar, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from trainables.datasets import common
-from trainables.datasets.base import DatasetInfo, TaskSpec
-from trainables.datasets.common import IMAGENET_MEAN, IMAGENET_STD
+from trainables.datasets import readers
+from trainables.datasets.base import DatasetInfo
 from trainables.datasets.disk import DiskDataset
+from trainables.datasets.params import ZoomParams, as_size
+from trainables.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_image, unit_normals, zoom_and_flip
+from trainables.plugins import Plugin
 from trainables.registry import register_dataset
 
 TASK_FOLDER = {"semseg": "label", "depth": "depth", "normals": "normal"}
@@ -56,50 +59,44 @@ _NPY = re.compile(r"^(\d+)\.npy$")
 
 
 @dataclass(frozen=True)
-class MTANParams:
-    """Parameters of ``nyuv2_mtan`` / ``cityscapes_mtan``.
+class MTANParams(ZoomParams):
+    """Parameters of ``nyuv2_mtan`` / ``cityscapes_mtan`` (besides ``ZoomParams``': max_samples,
+    flip, val_fraction, seed - the seeded hold-out of ``train`` served as "val" - and scales).
 
     Attributes:
         image_size: expected [H, W]; None: the size of the first image, all must match.
         num_classes: cityscapes_mtan only, 7 or 19 (the ``label_7`` / ``label_19`` folder).
         normalize: "none" (MTAN's [0, 1] input) or "imagenet" (ImageNet mean / std).
-        val_fraction, seed: the seeded hold-out of ``train`` served as "val".
-        max_samples: keep only the first N samples of each split (smoke runs).
-        scales: zoom factors of the random scale crop (each in [1, 4]); flip: random flips.
     """
 
     image_size: Optional[Tuple[int, int]] = None
     num_classes: Optional[int] = None
     normalize: str = "none"
-    val_fraction: float = 0.1
-    seed: int = 0
-    max_samples: Optional[int] = None
-    scales: Tuple[float, ...] = (1.0, 1.2, 1.5)
-    flip: bool = True
+    dataset: ClassVar[str] = "mtan"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "image_size", common.as_size("mtan", "image_size", self.image_size))
+        super().__post_init__()
+        object.__setattr__(self, "image_size", as_size("mtan", "image_size", self.image_size))
         if self.normalize not in ("none", "imagenet"):
             raise ValueError(f"mtan: normalize must be 'none' or 'imagenet', got {self.normalize!r}")
-        common.check_common_params("mtan", self)
 
 
 def indices(folder: str) -> List[int]:
     """The sample numbers of ``folder/<i>.npy``; they must be exactly 0..N-1."""
-    common.require_dir(folder, "one .npy per sample")
+    readers.require_dir(folder, "one .npy per sample")
     found = sorted(int(m.group(1)) for m in map(_NPY.match, os.listdir(folder)) if m)
     if not found:
-        raise common.DataCheckError(folder, "files 0.npy .. N-1.npy expected, found none")
+        raise readers.DataCheckError(folder, "files 0.npy .. N-1.npy expected, found none")
     if found != list(range(len(found))):
         gap = next(i for i, v in enumerate(found) if v != i)
-        raise common.DataCheckError(os.path.join(folder, f"{gap}.npy"), f"missing file (samples are 0..{found[-1]})")
+        raise readers.DataCheckError(os.path.join(folder, f"{gap}.npy"), f"missing file (samples are 0..{found[-1]})")
     return found
 
 
 class _MTANArrays(DiskDataset):
     """The shared reader; subclasses set the name, root wording, tasks, folders and sizes."""
 
-    PARAMS = MTANParams
+    Params = MTANParams
     ROOT_HINTS = {"prepare": "holding train/ and val/", "check": "holding train/ and val/", "init": "(dataset.root)"}
     DEFAULT_SIZE: ClassVar[Tuple[int, int]] = (0, 0)
     BATCH_SIZES: ClassVar[Tuple[int, int, int]] = (2, 4, 8)
@@ -117,26 +114,26 @@ class _MTANArrays(DiskDataset):
     @classmethod
     def describe(cls, **params) -> DatasetInfo:
         p = cls.params_of(params)
-        tasks = {"semseg": TaskSpec("semseg", {"num_classes": cls.num_classes(p)}), "depth": TaskSpec("depth", {})}
-        if "normals" in cls.TASK_NAMES:
-            tasks["normals"] = TaskSpec("normals", {})
-        return DatasetInfo(name=cls.NAME, tasks=tasks, input_size=p.image_size or cls.DEFAULT_SIZE,
+        tasks = {"semseg": Plugin("semseg", {"num_classes": cls.num_classes(p)}),
+                 "depth": Plugin("depth", {"disparity": cls.DEPTH_IS_DISPARITY}), "normals": Plugin("normals")}
+        return DatasetInfo(name=cls.NAME, tasks={t: tasks[t] for t in cls.TASK_NAMES},
+                           input_size=p.image_size or cls.DEFAULT_SIZE,
                            default_batch_sizes=cls.BATCH_SIZES,
                            notes=f"MTAN preprocessed .npy, {cls.num_classes(p)} classes; official val served as test")
 
     @classmethod
     def verify(cls, root: str, p: MTANParams, decode: Optional[int]) -> Dict[str, int]:
-        common.require_dir(root, f"{cls.NAME} root")
+        readers.require_dir(root, f"{cls.NAME} root")
         size, n_files, n_decoded = p.image_size, 0, 0
         for folder_split in ("train", "val"):
-            base = common.require_dir(os.path.join(root, folder_split), f"{cls.NAME} {folder_split} split")
+            base = readers.require_dir(os.path.join(root, folder_split), f"{cls.NAME} {folder_split} split")
             n = len(indices(os.path.join(base, "image")))
             for task in cls.TASK_NAMES:
-                folder = common.require_dir(os.path.join(base, cls.folder(task, p)), f"{task} of {folder_split}")
+                folder = readers.require_dir(os.path.join(base, cls.folder(task, p)), f"{task} of {folder_split}")
                 for i in range(n):
-                    common.require_file(os.path.join(folder, f"{i}.npy"), f"{task} of sample {i}")
+                    readers.require_file(os.path.join(folder, f"{i}.npy"), f"{task} of sample {i}")
             n_files += n * (1 + len(cls.TASK_NAMES))
-            for i in common.decode_sample(n, decode):
+            for i in readers.decode_sample(n, decode):
                 arrays = cls.read(root, folder_split, i, cls.TASK_NAMES, p, size)
                 size = size or arrays["image"].shape[:2]
                 n_decoded += 1
@@ -147,27 +144,27 @@ class _MTANArrays(DiskDataset):
              size: Optional[Tuple[int, int]]) -> Dict[str, np.ndarray]:
         """Decode sample ``i`` with format and range checks (errors name the file)."""
         path = os.path.join(root, folder_split, "image", f"{i}.npy")
-        image = _numeric(path, common.read_npy(path, (None, None, 3)))
-        common.check_range(path, image, "in [0, 1]", np.isfinite(image) & (image >= -1e-6) & (image <= 1 + 1e-6))
+        image = _numeric(path, readers.read_npy(path, (None, None, 3)))
+        readers.check_range(path, image, "in [0, 1]", np.isfinite(image) & (image >= -1e-6) & (image <= 1 + 1e-6))
         if size is not None and image.shape[:2] != tuple(size):
-            raise common.DataCheckError(path, f"image of {size[0]}x{size[1]} expected, found {image.shape[0]}x{image.shape[1]}")
+            raise readers.DataCheckError(path, f"image of {size[0]}x{size[1]} expected, found {image.shape[0]}x{image.shape[1]}")
         out = {"image": image}
         for task in tasks:
             path = os.path.join(root, folder_split, cls.folder(task, p), f"{i}.npy")
-            a = _numeric(path, common.read_npy(path))
+            a = _numeric(path, readers.read_npy(path))
             if task != "normals" and a.ndim == 3 and a.shape[2] == 1:
                 a = a[..., 0]
             want = (image.shape[0], image.shape[1], 3) if task == "normals" else image.shape[:2]
             if a.shape != want:
-                raise common.DataCheckError(path, f"array of shape {want} (like its image) expected, found {a.shape}")
+                raise readers.DataCheckError(path, f"array of shape {want} (like its image) expected, found {a.shape}")
             if task == "semseg":
                 c = cls.num_classes(p)
                 ok = np.isfinite(a) & (a == np.round(a)) & (a >= -1) & (a <= c - 1)
-                common.check_range(path, a, f"integers in -1..{c - 1} (-1 = ignore)", ok)
+                readers.check_range(path, a, f"integers in -1..{c - 1} (-1 = ignore)", ok)
             elif task == "depth":
-                common.check_range(path, a, "finite and >= 0", np.isfinite(a) & (a >= 0))
+                readers.check_range(path, a, "finite and >= 0", np.isfinite(a) & (a >= 0))
             else:
-                common.check_range(path, a, "finite components in [-1, 1]", np.isfinite(a) & (np.abs(a) <= 1 + 1e-3))
+                readers.check_range(path, a, "finite components in [-1, 1]", np.isfinite(a) & (np.abs(a) <= 1 + 1e-3))
             out[task] = a
         return out
 
@@ -179,7 +176,7 @@ class _MTANArrays(DiskDataset):
         p = self.params
         a = self.read(self.root, self.official_split, self.source_indices[i], self.tasks, p, p.image_size)
         if p.normalize == "imagenet":
-            image = common.normalize_image(a["image"].astype(np.float32), IMAGENET_MEAN, IMAGENET_STD)
+            image = normalize_image(a["image"].astype(np.float32), IMAGENET_MEAN, IMAGENET_STD)
         else:
             image = torch.from_numpy(a["image"].astype(np.float32)).permute(2, 0, 1)
         targets: Dict[str, torch.Tensor] = {}
@@ -189,17 +186,17 @@ class _MTANArrays(DiskDataset):
                 seg[seg < 0] = 255
                 targets[task] = torch.from_numpy(seg)
             elif task == "normals":
-                targets[task] = common.unit_normals(torch.from_numpy(a["normals"].astype(np.float32)).permute(2, 0, 1))
+                targets[task] = unit_normals(torch.from_numpy(a["normals"].astype(np.float32)).permute(2, 0, 1))
             else:
                 targets[task] = torch.from_numpy(a["depth"].astype(np.float32))[None]
         if self.augment:
-            image, targets = common.zoom_and_flip(image, targets, p.scales, p.flip, disparity=self.DEPTH_IS_DISPARITY)
+            image, targets = zoom_and_flip(image, targets, self.task_objects, p.scales, p.flip)
         return self.make_item(image, targets)
 
 
 def _numeric(path: str, a: np.ndarray) -> np.ndarray:
     if not np.issubdtype(a.dtype, np.number):
-        raise common.DataCheckError(path, f"numeric array expected, found {a.dtype}")
+        raise readers.DataCheckError(path, f"numeric array expected, found {a.dtype}")
     return a.astype(np.float32, copy=False)
 
 

@@ -9,7 +9,7 @@ in torchvision's layout (pickles with byte keys, ``pickle.load(encoding="bytes")
     <root>/cifar-100-python/test    b'fine_labels' [N] in 0..99, b'coarse_labels' [N] in 0..19
     <root>/cifar-100-python/meta    b'fine_label_names' (100), b'coarse_label_names' (20)
 
-Tasks: "task_00" .. "task_19" = superclass 0 .. 19, each TaskSpec("scene", {"num_classes": 5})
+Tasks: "task_00" .. "task_19" = superclass 0 .. 19, each Plugin("scene", {"num_classes": 5})
 (image-level cross-entropy, top-1 accuracy - ``scene`` is the repository's generic image
 classifier). The fine -> (task, class) mapping: task = the image's coarse label; class = the
 rank of its fine label among the sorted fine ids of that superclass (e.g. fine ids 4, 30, 55,
@@ -30,14 +30,17 @@ import functools
 import os
 import pickle
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence, Tuple
+from typing import ClassVar, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from trainables.datasets import common
-from trainables.datasets.base import DatasetInfo, TaskSpec
+from trainables.datasets import readers
+from trainables.datasets.base import DatasetInfo
 from trainables.datasets.disk import DiskDataset
+from trainables.datasets.params import HoldoutParams
+from trainables.datasets.transforms import pad_random_crop, random_hflip, standardize
+from trainables.plugins import Plugin
 from trainables.registry import register_dataset
 
 N_TASKS, N_WAY, N_FINE = 20, 5, 100
@@ -46,36 +49,22 @@ CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 
 
 @dataclass(frozen=True)
-class MultiCifar100Params:
-    """Parameters of the ``multi_cifar100`` loader.
+class MultiCifar100Params(HoldoutParams):
+    """Parameters of the ``multi_cifar100`` loader (besides ``HoldoutParams``': max_samples,
+    flip, val_fraction, seed - the seeded hold-out of the official train file as "val").
 
     Attributes:
-        val_fraction / seed: the seeded hold-out of the official train file as "val".
-        max_samples: keep only the first N samples of each split (smoke runs); None keeps all.
         crop_padding: zero padding of the random 32 x 32 crop when augmenting (0 = no crop).
-        flip: random horizontal flips when augmenting.
     """
 
-    val_fraction: float = 0.1
-    seed: int = 0
-    max_samples: Optional[int] = None
     crop_padding: int = 4
-    flip: bool = True
+    dataset: ClassVar[str] = "multi_cifar100"
 
     def __post_init__(self) -> None:
-        d, v = "multi_cifar100", self.val_fraction
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
-            raise ValueError(f"{d}: val_fraction must be a float in (0, 1), got {v!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"{d}: seed must be a non-negative int, got {self.seed!r}")
-        m = self.max_samples
-        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
-            raise ValueError(f"{d}: max_samples must be a positive int or null, got {m!r}")
+        super().__post_init__()
         c = self.crop_padding
         if isinstance(c, bool) or not isinstance(c, int) or c < 0:
-            raise ValueError(f"{d}: crop_padding must be an int >= 0, got {c!r}")
-        if not isinstance(self.flip, bool):
-            raise ValueError(f"{d}: flip must be a bool, got {self.flip!r}")
+            raise ValueError(f"multi_cifar100: crop_padding must be an int >= 0, got {c!r}")
 
 
 def _unpickle(path: str) -> dict:
@@ -83,11 +72,11 @@ def _unpickle(path: str) -> dict:
         with open(path, "rb") as fh:
             data = pickle.load(fh, encoding="bytes")
     except FileNotFoundError:
-        raise common.DataCheckError(path, "missing file (CIFAR-100 python version)") from None
+        raise readers.DataCheckError(path, "missing file (CIFAR-100 python version)") from None
     except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as err:
-        raise common.DataCheckError(path, f"not a readable CIFAR-100 pickle ({type(err).__name__}: {err})") from None
+        raise readers.DataCheckError(path, f"not a readable CIFAR-100 pickle ({type(err).__name__}: {err})") from None
     if not isinstance(data, dict):
-        raise common.DataCheckError(path, f"a pickled dict expected, found {type(data).__name__}")
+        raise readers.DataCheckError(path, f"a pickled dict expected, found {type(data).__name__}")
     return data
 
 
@@ -97,12 +86,12 @@ def task_mapping(fine: np.ndarray, coarse: np.ndarray, path: str) -> Tuple[np.nd
     task, cls = np.full(N_FINE, -1, np.int64), np.full(N_FINE, -1, np.int64)
     for f, c in pairs:
         if task[f] >= 0:
-            raise common.DataCheckError(path, f"one superclass per fine label expected; fine {f} has {task[f]} and {c}")
+            raise readers.DataCheckError(path, f"one superclass per fine label expected; fine {f} has {task[f]} and {c}")
         task[f] = c
     for c in range(N_TASKS):
         members = np.flatnonzero(task == c)  # sorted fine ids
         if len(members) != N_WAY:
-            raise common.DataCheckError(path, f"{N_WAY} fine labels per superclass expected; superclass {c} has "
+            raise readers.DataCheckError(path, f"{N_WAY} fine labels per superclass expected; superclass {c} has "
                                               f"{len(members)} ({members.tolist()})")
         cls[members] = np.arange(N_WAY)
     return task, cls
@@ -115,16 +104,16 @@ def read_file(path: str, stamp: int) -> Dict[str, np.ndarray]:
     data = _unpickle(path)
     missing = [k for k in (b"data", b"fine_labels", b"coarse_labels") if k not in data]
     if missing:
-        raise common.DataCheckError(path, f"keys b'data', b'fine_labels', b'coarse_labels' expected; missing {missing}")
+        raise readers.DataCheckError(path, f"keys b'data', b'fine_labels', b'coarse_labels' expected; missing {missing}")
     x = np.asarray(data[b"data"])
     if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072 or not len(x):
-        raise common.DataCheckError(path, f"b'data' uint8 [N, 3072] expected, found {x.dtype} {x.shape}")
+        raise readers.DataCheckError(path, f"b'data' uint8 [N, 3072] expected, found {x.dtype} {x.shape}")
     labels = {}
     for key, hi in ((b"fine_labels", N_FINE), (b"coarse_labels", N_TASKS)):
         a = np.asarray(data[key])
         if a.shape != (len(x),) or not np.issubdtype(a.dtype, np.integer):
-            raise common.DataCheckError(path, f"{key!r}: {len(x)} integer labels expected, found {a.dtype} {a.shape}")
-        common.check_range(path, a, f"{key.decode()} in 0..{hi - 1}", (a >= 0) & (a < hi))
+            raise readers.DataCheckError(path, f"{key!r}: {len(x)} integer labels expected, found {a.dtype} {a.shape}")
+        readers.check_range(path, a, f"{key.decode()} in 0..{hi - 1}", (a >= 0) & (a < hi))
         labels[key] = a.astype(np.int64)
     task, cls = task_mapping(labels[b"fine_labels"], labels[b"coarse_labels"], path)
     fine = labels[b"fine_labels"]
@@ -132,8 +121,8 @@ def read_file(path: str, stamp: int) -> Dict[str, np.ndarray]:
 
 
 def load(root: str, name: str) -> Dict[str, np.ndarray]:
-    base = common.require_dir(os.path.join(root, "cifar-100-python"), "CIFAR-100 folder <root>/cifar-100-python")
-    path = common.require_file(os.path.join(base, name), f"CIFAR-100 {name} file")
+    base = readers.require_dir(os.path.join(root, "cifar-100-python"), "CIFAR-100 folder <root>/cifar-100-python")
+    path = readers.require_file(os.path.join(base, name), f"CIFAR-100 {name} file")
     return read_file(path, os.stat(path).st_mtime_ns)
 
 
@@ -146,7 +135,7 @@ def verify(root: str, p: Optional[MultiCifar100Params] = None, decode: Optional[
     meta = _unpickle(path)
     fine, coarse = (list(meta.get(k, [])) for k in (b"fine_label_names", b"coarse_label_names"))
     if len(fine) != N_FINE or len(coarse) != N_TASKS:
-        raise common.DataCheckError(path, f"100 b'fine_label_names' and 20 b'coarse_label_names' expected, "
+        raise readers.DataCheckError(path, f"100 b'fine_label_names' and 20 b'coarse_label_names' expected, "
                                           f"found {len(fine)} and {len(coarse)}")
     return {t: c.decode() if isinstance(c, bytes) else str(c) for t, c in zip(TASK_NAMES, coarse)}
 
@@ -163,7 +152,7 @@ class MultiCifar100(DiskDataset):
         **params: MultiCifar100Params fields.
     """
 
-    NAME, TASK_NAMES, PARAMS = "multi_cifar100", TASK_NAMES, MultiCifar100Params
+    NAME, TASK_NAMES, Params = "multi_cifar100", TASK_NAMES, MultiCifar100Params
     ROOT = "the folder holding cifar-100-python/"
     ROOT_HINTS = dict.fromkeys(("prepare", "check", "init"), "(--data-root / dataset.root)")
     HOLDOUT = ("train", "test")  # the official files
@@ -177,7 +166,7 @@ class MultiCifar100(DiskDataset):
         cls.params_of(params)
         return DatasetInfo(
             name="multi_cifar100",
-            tasks={t: TaskSpec("scene", {"num_classes": N_WAY}) for t in TASK_NAMES},
+            tasks={t: Plugin("scene", {"num_classes": N_WAY}) for t in TASK_NAMES},
             input_size=(32, 32),
             default_batch_sizes=(32, 64, 128),
             notes="CIFAR-100 as 20 five-way superclass tasks (Auto-Lambda); one task labelled per image",
@@ -195,11 +184,11 @@ class MultiCifar100(DiskDataset):
     def __getitem__(self, i: int) -> Dict[str, object]:
         j, p = self.source_indices[i], self.params
         image = torch.from_numpy(self.data["images"][j].copy()).permute(2, 0, 1).float() / 255.0
-        if self.augment:
-            image = common.pad_random_crop(image, p.crop_padding)
-            if p.flip and bool(torch.rand(()) < 0.5):
-                image = image.flip(-1)
         own, cls = int(self.data["task"][j]), int(self.data["cls"][j])
         targets = {t: torch.tensor(cls if k == own else 0, dtype=torch.long) for t, k in zip(self.tasks, self.task_ids)}
         mask = {t: torch.tensor(k == own) for t, k in zip(self.tasks, self.task_ids)}
-        return self.make_item(common.standardize(image, CIFAR100_MEAN, CIFAR100_STD), targets, mask)
+        if self.augment:
+            image = pad_random_crop(image, p.crop_padding)
+            if p.flip:
+                image, targets = random_hflip(image, targets, self.task_objects)
+        return self.make_item(standardize(image, CIFAR100_MEAN, CIFAR100_STD), targets, mask)

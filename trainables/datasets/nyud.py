@@ -18,7 +18,7 @@ Images: ImageNet mean / std, as the survey's ImageNet-pretrained ResNets expect.
 
 Splits: the survey's code selects its best model on ``val``, which is also its test set (a
 known defect). Here "val" is a seeded hold-out of the official train list
-(``common.holdout_split``, ``val_fraction``) and the official val list is served as "test".
+(``disk.holdout_split``, ``val_fraction``) and the official val list is served as "test".
 
 Augmentation (``augment=True``, the train split), as supp. B.1: zoom by s in ``scales`` (enlarge
 s times - image bilinear, maps nearest - and crop back to H x W; depth divided by s, since the
@@ -32,21 +32,24 @@ image the size of the first or of ``image_size``). ``check`` decodes every sampl
 of <= 200 ids and 200 evenly spaced ones of a longer list (NYUD: 400 samples, ~10 ms each);
 ``prepare`` decodes the first and last of each list.
 
-Params (``NYUDParams``): image_size, val_fraction, seed, max_samples, scales, flip.
+Params (``NYUDParams``): image_size, and ``params.ZoomParams``' max_samples, flip, val_fraction,
+seed, scales.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from trainables.datasets import common
-from trainables.datasets.base import DatasetInfo, TaskSpec
-from trainables.datasets.common import IMAGENET_MEAN, IMAGENET_STD
+from trainables.datasets import readers
+from trainables.datasets.base import DatasetInfo
 from trainables.datasets.disk import DiskDataset
+from trainables.datasets.params import ZoomParams, as_size
+from trainables.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_image, unit_normals, zoom_and_flip
+from trainables.plugins import Plugin
 from trainables.registry import register_dataset
 
 TASK_NAMES = ("semseg", "depth", "normals", "edge")
@@ -58,38 +61,30 @@ FILES = {"image": ("images", ".jpg"), "semseg": ("segmentation", ".png"), "depth
 
 
 @dataclass(frozen=True)
-class NYUDParams:
-    """Parameters of the ``nyud`` loader.
+class NYUDParams(ZoomParams):
+    """Parameters of the ``nyud`` loader (besides ``ZoomParams``': max_samples, flip,
+    val_fraction, seed, scales).
 
     Attributes:
         image_size: expected [H, W] of every file; None: the size of the first image
             (480 x 640 on NYUD-v2), every other file must match it.
-        val_fraction: share of the official train list held out as "val" (0 < f < 1).
-        seed: seed of that hold-out.
-        max_samples: keep only the first N samples of each split (smoke runs); None keeps all.
-        scales: zoom factors of the random scaling (each in [1, 4]).
-        flip: random horizontal flips when augmenting.
     """
 
     image_size: Optional[Tuple[int, int]] = None
-    val_fraction: float = 0.1
-    seed: int = 0
-    max_samples: Optional[int] = None
-    scales: Tuple[float, ...] = (1.0, 1.2, 1.5)
-    flip: bool = True
+    dataset: ClassVar[str] = "nyud"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "image_size", common.as_size("nyud", "image_size", self.image_size))
-        common.check_common_params("nyud", self)
+        super().__post_init__()
+        object.__setattr__(self, "image_size", as_size("nyud", "image_size", self.image_size))
 
 
 def official_ids(root: str, list_name: str) -> List[str]:
     """The ids of ``gt_sets/<list_name>.txt`` ("train" or "val")."""
-    common.require_dir(root, "NYUD_MT root")
-    path = os.path.join(common.require_dir(os.path.join(root, "gt_sets"), "id lists"), f"{list_name}.txt")
-    ids = common.read_id_list(path)
+    readers.require_dir(root, "NYUD_MT root")
+    path = os.path.join(readers.require_dir(os.path.join(root, "gt_sets"), "id lists"), f"{list_name}.txt")
+    ids = readers.read_id_list(path)
     if len(set(ids)) != len(ids):
-        raise common.DataCheckError(path, "each id at most once; found duplicates")
+        raise readers.DataCheckError(path, "each id at most once; found duplicates")
     return ids
 
 
@@ -99,37 +94,37 @@ def paths(root: str, sample_id: str) -> Dict[str, str]:
 
 def read_sample(files: Dict[str, str], kinds: Sequence[str], size: Optional[Tuple[int, int]]) -> Dict[str, np.ndarray]:
     """Decode the ``kinds`` of one sample with format and range checks (errors name the file)."""
-    image = common.read_image(files["image"], "RGB")
+    image = readers.read_image(files["image"], "RGB")
     if size is not None and image.shape[:2] != tuple(size):
-        raise common.DataCheckError(files["image"], f"image of {size[0]}x{size[1]} expected, found "
+        raise readers.DataCheckError(files["image"], f"image of {size[0]}x{size[1]} expected, found "
                                                     f"{image.shape[0]}x{image.shape[1]}")
     h, w = image.shape[:2]
     out = {"image": image}
     for kind in kinds:
         path = files[kind]
         if kind == "semseg":
-            a = common.read_image(path, "raw")
+            a = readers.read_image(path, "raw")
             if a.ndim != 2 or a.dtype != np.uint8:
-                raise common.DataCheckError(path, f"single-channel uint8 label png expected, found {a.dtype} {a.shape}")
-            common.check_range(path, a, f"in 0..{N_CLASSES} (0 = void)", a <= N_CLASSES)
+                raise readers.DataCheckError(path, f"single-channel uint8 label png expected, found {a.dtype} {a.shape}")
+            readers.check_range(path, a, f"in 0..{N_CLASSES} (0 = void)", a <= N_CLASSES)
         else:
-            a = common.read_npy(path)
+            a = readers.read_npy(path)
             if kind in ("depth", "edge") and a.ndim == 3 and a.shape[2] == 1:
                 a = a[..., 0]
             channels = 3 if kind == "normals" else None
             if a.ndim != (3 if channels else 2) or (channels and a.shape[2] != channels):
-                raise common.DataCheckError(path, f"array of shape {'H x W x 3' if channels else 'H x W'} expected, found {a.shape}")
+                raise readers.DataCheckError(path, f"array of shape {'H x W x 3' if channels else 'H x W'} expected, found {a.shape}")
             if not np.issubdtype(a.dtype, np.number):
-                raise common.DataCheckError(path, f"numeric array expected, found {a.dtype}")
+                raise readers.DataCheckError(path, f"numeric array expected, found {a.dtype}")
             a = a.astype(np.float32)
             if kind == "depth":
-                common.check_range(path, a, "finite metres >= 0", np.isfinite(a) & (a >= 0))
+                readers.check_range(path, a, "finite metres >= 0", np.isfinite(a) & (a >= 0))
             elif kind == "normals":
-                common.check_range(path, a, "finite components in [-1, 1]", np.isfinite(a) & (np.abs(a) <= 1 + 1e-3))
+                readers.check_range(path, a, "finite components in [-1, 1]", np.isfinite(a) & (np.abs(a) <= 1 + 1e-3))
             else:
-                common.check_range(path, a, "0 or 1", (a == 0) | (a == 1))
+                readers.check_range(path, a, "0 or 1", (a == 0) | (a == 1))
         if a.shape[:2] != (h, w):
-            raise common.DataCheckError(path, f"{h}x{w} like its image expected, found {a.shape[0]}x{a.shape[1]}")
+            raise readers.DataCheckError(path, f"{h}x{w} like its image expected, found {a.shape[0]}x{a.shape[1]}")
         out[kind] = a
     return out
 
@@ -138,15 +133,15 @@ def verify(root: str, p: NYUDParams, decode: Optional[int]) -> Dict[str, int]:
     """Folders, id lists, existence of every file, and decoding of ``decode`` samples per list
     (None: all). Returns {"files": n_checked, "decoded": n_decoded}."""
     for folder, _ in FILES.values():
-        common.require_dir(os.path.join(root, folder), f"NYUD_MT {folder}")
+        readers.require_dir(os.path.join(root, folder), f"NYUD_MT {folder}")
     size, n_files, n_decoded = p.image_size, 0, 0
     for list_name in ("train", "val"):
         ids = official_ids(root, list_name)
         for sample_id in ids:
             for kind, path in paths(root, sample_id).items():
-                common.require_file(path, f"{kind} of id {sample_id!r} in gt_sets/{list_name}.txt")
+                readers.require_file(path, f"{kind} of id {sample_id!r} in gt_sets/{list_name}.txt")
                 n_files += 1
-        for i in common.decode_sample(len(ids), decode):
+        for i in readers.decode_sample(len(ids), decode):
             arrays = read_sample(paths(root, ids[i]), TASK_NAMES, size)
             size = size or arrays["image"].shape[:2]
             n_decoded += 1
@@ -166,7 +161,7 @@ class NYUD(DiskDataset):
         **params: NYUDParams fields.
     """
 
-    NAME, TASK_NAMES, PARAMS, ROOT = "nyud", TASK_NAMES, NYUDParams, "the NYUD_MT folder"
+    NAME, TASK_NAMES, Params, ROOT = "nyud", TASK_NAMES, NYUDParams, "the NYUD_MT folder"
     SMOKE_PARAMS = {"max_samples": 8}
     verify = staticmethod(verify)  # the module's verify(root, p, decode)
     ids = property(lambda self: self.items, doc="the official id of each item")
@@ -176,8 +171,8 @@ class NYUD(DiskDataset):
         p = cls.params_of(params)
         return DatasetInfo(
             name="nyud",
-            tasks={"semseg": TaskSpec("semseg", {"num_classes": N_CLASSES}), "depth": TaskSpec("depth", {}),
-                   "normals": TaskSpec("normals", {}), "edge": TaskSpec("edge", {})},
+            tasks={"semseg": Plugin("semseg", {"num_classes": N_CLASSES}), "depth": Plugin("depth"),
+                   "normals": Plugin("normals"), "edge": Plugin("edge")},
             input_size=p.image_size or DEFAULT_SIZE,
             default_batch_sizes=(4, 6, 8),
             notes="NYUD-v2 (survey NYUD_MT layout): 795 train / 654 val served as test; 40 classes",
@@ -188,7 +183,7 @@ class NYUD(DiskDataset):
 
     def __getitem__(self, i: int) -> Dict[str, object]:
         a = read_sample(paths(self.root, self.items[i]), self.tasks, self.params.image_size)
-        image = common.normalize_image(a["image"], IMAGENET_MEAN, IMAGENET_STD)
+        image = normalize_image(a["image"], IMAGENET_MEAN, IMAGENET_STD)
         targets: Dict[str, torch.Tensor] = {}
         for task in self.tasks:
             if task == "semseg":
@@ -196,9 +191,9 @@ class NYUD(DiskDataset):
                 seg[seg < 0] = 255
                 targets[task] = torch.from_numpy(seg)
             elif task == "normals":
-                targets[task] = common.unit_normals(torch.from_numpy(a["normals"]).permute(2, 0, 1))
+                targets[task] = unit_normals(torch.from_numpy(a["normals"]).permute(2, 0, 1))
             else:  # depth, edge
                 targets[task] = torch.from_numpy(a[task])[None]
         if self.augment:
-            image, targets = common.zoom_and_flip(image, targets, self.params.scales, self.params.flip)
+            image, targets = zoom_and_flip(image, targets, self.task_objects, self.params.scales, self.params.flip)
         return self.make_item(image, targets)

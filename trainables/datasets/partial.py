@@ -35,11 +35,12 @@ import hashlib
 import json
 import os
 import re
-import uuid
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+
+from trainables.atomic import atomic_write
 
 SETTINGS = ("full", "onelabel", "randomlabels", "halflabels")
 SETTING_KEYS = ("setting", "seed", "unlabelled_fraction")
@@ -88,17 +89,10 @@ def save_label_mask(path: str, mask: np.ndarray, task_names: Sequence[str], meta
     mask = np.asarray(mask, dtype=bool)
     if mask.ndim != 2 or mask.shape[1] != len(task_names):
         raise ValueError(f"{path}: mask of shape [N, {len(task_names)}] expected, got {mask.shape}")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}.npz"
-    try:
-        np.savez(tmp, bits=np.packbits(mask, axis=None), shape=np.array(mask.shape, dtype=np.int64),
-                 task_names=np.array(list(task_names), dtype=str),
-                 meta=np.array(json.dumps({**dict(meta), "format": FORMAT_VERSION}, sort_keys=True)))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return atomic_write(path, lambda tmp: np.savez(
+        tmp, bits=np.packbits(mask, axis=None), shape=np.array(mask.shape, dtype=np.int64),
+        task_names=np.array(list(task_names), dtype=str),
+        meta=np.array(json.dumps({**dict(meta), "format": FORMAT_VERSION}, sort_keys=True))))
 
 
 def load_label_mask(path: str) -> Tuple[np.ndarray, List[str], Dict]:
@@ -138,6 +132,38 @@ def load_label_weights(path: str, task_names: Sequence[str]) -> np.ndarray:
     return w > 0
 
 
+def check_labels(labels: Mapping, task_names: Sequence[str]) -> None:
+    """Check a study's ``labels`` before any data is read; a ValueError names the key ("labels.<key>:").
+
+    The keys, the setting, its seed and unlabelled fraction (and that the setting fits the number
+    of tasks), or that the weights file is readable and has a column for every task. The number
+    of rows against the training split is checked by ``materialize``, which knows the split.
+    """
+    labels = dict(labels)
+    if "weights_file" in labels:
+        _known_keys(labels, WEIGHTS_KEYS)
+        try:
+            load_label_weights(str(labels["weights_file"]), _weights_columns(labels, task_names))
+        except ValueError as err:
+            raise ValueError(f"labels.weights_file: {err}") from None
+        return
+    _known_keys(labels, SETTING_KEYS)
+    if "setting" not in labels:
+        raise ValueError(f"labels.setting: give 'setting' ({', '.join(SETTINGS)}) or 'weights_file'")
+    make_label_mask(labels["setting"], 1, len(task_names), labels.get("seed", 0), labels.get("unlabelled_fraction", 0.0))
+
+
+def _weights_columns(labels: Mapping, task_names: Sequence[str]) -> List[str]:
+    """The weights file's column names (``labels.tasks``, default the study's tasks), checked to
+    hold every task of the study."""
+    columns = list(labels.get("tasks") or task_names)
+    missing = [t for t in task_names if t not in columns]
+    if missing:
+        raise ValueError(f"labels.tasks: the study's tasks {missing} are not columns of {labels['weights_file']} "
+                         f"({columns}); name the file's columns with labels.tasks")
+    return columns
+
+
 def materialize(study_dir: str, num_train: int, task_names: list, labels: Mapping) -> str:
     """Write the study's label mask once and return its path (see the module docstring).
 
@@ -145,15 +171,11 @@ def materialize(study_dir: str, num_train: int, task_names: list, labels: Mappin
     or {"weights_file": path, "tasks": the file's column names (default ``task_names``)}.
     An existing file with the same content key is reused, so every model sees the same labels.
     """
+    check_labels(labels, task_names)
     labels = dict(labels)
     if "weights_file" in labels:
-        _known_keys(labels, WEIGHTS_KEYS)
         source = str(labels["weights_file"])
-        columns = list(labels.get("tasks") or task_names)
-        missing = [t for t in task_names if t not in columns]
-        if missing:
-            raise ValueError(f"labels.tasks: the study's tasks {missing} are not columns of {source} "
-                             f"({columns}); name the file's columns with labels.tasks")
+        columns = _weights_columns(labels, task_names)
         with open(source, "rb") as fh:
             digest = hashlib.sha256(fh.read()).hexdigest()
         mask = load_label_weights(source, columns)
@@ -164,9 +186,6 @@ def materialize(study_dir: str, num_train: int, task_names: list, labels: Mappin
                 "rows": "items" if mask.shape[0] == num_train else "source"}
         name = stem
     else:
-        _known_keys(labels, SETTING_KEYS)
-        if "setting" not in labels:
-            raise ValueError(f"labels: give 'setting' ({', '.join(SETTINGS)}) or 'weights_file'")
         setting, seed = labels["setting"], labels.get("seed", 0)
         fraction = labels.get("unlabelled_fraction", 0.0)
         mask = make_label_mask(setting, num_train, len(task_names), seed, fraction)

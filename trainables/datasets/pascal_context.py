@@ -40,9 +40,11 @@ Splits: "train" / "val" = seeded hold-out of the official train list (``val_frac
 
 Augmentation (``augment=True``; the survey code's transforms): rotation by a uniform angle in
 [-rotation, rotation] degrees and scaling by a uniform factor in ``scale_range`` about the
-centre (normals rotated in-plane with the image, as the survey code), then a horizontal flip
-with probability 1/2 (normals x negated). Pixels from outside the image are ignored (255 /
-zero normals); the survey code pads labels with 0 (background) instead.
+centre, then a horizontal flip with probability 1/2. Each target's task resamples it and fixes
+its values (``Task.resample`` / ``rotate`` / ``hflip``: labels nearest, normals bilinear,
+renormalised, rotated in-plane with the image as the survey code and x negated by a flip).
+Pixels from outside the image are ignored (the task's ignore value: 255 / zero normals); the
+survey code pads labels with 0 (background) instead.
 
 Checks: id lists, folders, every file of both lists; decoding with range checks (semseg 0..20
 or 255, maps the size of their image, known part names) of every sample of a list of <= 200
@@ -54,17 +56,21 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainables.datasets import common
-from trainables.datasets.base import DatasetInfo, TaskSpec
-from trainables.datasets.common import IMAGENET_MEAN, IMAGENET_STD
+from trainables.datasets import readers
+from trainables.datasets.base import DatasetInfo
 from trainables.datasets.disk import DiskDataset
+from trainables.datasets.label_edges import label_edges
+from trainables.datasets.params import HoldoutParams, as_size, is_int, is_number
+from trainables.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, hflip, standardize
+from trainables.plugins import Plugin
 from trainables.registry import register_dataset
+from trainables.tasks.base import Task
 
 TASK_NAMES = ("semseg", "human_parts", "saliency", "normals", "edge")
 N_CLASSES, N_PARTS, PERSON_CLASS = 21, 7, 15
@@ -78,75 +84,58 @@ FOLDERS = ("JPEGImages", "human_parts", "normals_distill", "sal_distill", os.pat
 
 
 @dataclass(frozen=True)
-class PascalContextParams:
-    """Parameters of the ``pascal_context`` loader.
+class PascalContextParams(HoldoutParams):
+    """Parameters of the ``pascal_context`` loader (besides ``HoldoutParams``': max_samples, flip,
+    val_fraction, seed).
 
     Attributes:
         image_size: [H, W] every sample is resized to (the survey code: 512 x 512).
         semseg_source: "auto" (VOC12 file if present, else pascal-context), "voc12" or
             "pascal_context".
-        val_fraction / seed: the seeded hold-out of the official train list as "val".
-        max_samples: keep only the first N samples of each split (smoke runs); None keeps all.
         rotation: maximum |angle| in degrees of the random rotation (survey code: 20).
         scale_range: [lo, hi] of the uniform random scale (survey code: [0.75, 1.25]).
-        flip: random horizontal flips when augmenting.
         edge_thin: thin the 2-px label boundaries to 1 px (the survey code does).
         normals_valid_labels: LabelMap ids where normals are kept (None: everywhere).
     """
 
     image_size: Tuple[int, int] = (512, 512)
     semseg_source: str = "auto"
-    val_fraction: float = 0.1
-    seed: int = 0
-    max_samples: Optional[int] = None
     rotation: float = 20.0
     scale_range: Tuple[float, float] = (0.75, 1.25)
-    flip: bool = True
     edge_thin: bool = True
     normals_valid_labels: Optional[Tuple[int, ...]] = None
+    dataset: ClassVar[str] = "pascal_context"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         s, ids = self.scale_range, self.normals_valid_labels
         checks = [  # (field, valid?, what it must be)
             ("semseg_source", self.semseg_source in ("auto", *SEMSEG_DIRS), "'auto', 'voc12' or 'pascal_context'"),
-            ("val_fraction", _num(self.val_fraction) and 0 < self.val_fraction < 1, "a float in (0, 1)"),
-            ("seed", _int(self.seed) and self.seed >= 0, "a non-negative int"),
-            ("max_samples", self.max_samples is None or _int(self.max_samples) and self.max_samples >= 1,
-             "a positive int or null"),
-            ("rotation", _num(self.rotation) and 0 <= self.rotation <= 180, "a number of degrees in [0, 180]"),
-            ("scale_range", isinstance(s, (list, tuple)) and len(s) == 2 and all(map(_num, s)) and 0 < s[0] <= s[1] <= 4,
-             "[lo, hi] with 0 < lo <= hi <= 4"),
-            ("flip", isinstance(self.flip, bool), "a bool"),
+            ("rotation", is_number(self.rotation) and 0 <= self.rotation <= 180, "a number of degrees in [0, 180]"),
+            ("scale_range", isinstance(s, (list, tuple)) and len(s) == 2 and all(map(is_number, s))
+             and 0 < s[0] <= s[1] <= 4, "[lo, hi] with 0 < lo <= hi <= 4"),
             ("edge_thin", isinstance(self.edge_thin, bool), "a bool"),
-            ("normals_valid_labels", ids is None or isinstance(ids, (list, tuple)) and all(map(_int, ids)),
+            ("normals_valid_labels", ids is None or isinstance(ids, (list, tuple)) and all(map(is_int, ids)),
              "a list of LabelMap ids or null"),
         ]
         for field, ok, what in checks:
             if not ok:
                 raise ValueError(f"pascal_context: {field} must be {what}, got {getattr(self, field)!r}")
-        size = common.as_size("pascal_context", "image_size", self.image_size, allow_none=False)
-        object.__setattr__(self, "image_size", size)
+        object.__setattr__(self, "image_size", as_size("pascal_context", "image_size", self.image_size,
+                                                        allow_none=False))
         object.__setattr__(self, "scale_range", (float(s[0]), float(s[1])))
         object.__setattr__(self, "normals_valid_labels", None if ids is None else tuple(ids))
-
-
-def _num(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def _int(x) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
 # --------------------------------------------------------------------------------- readers
 def official_ids(root: str, list_name: str) -> List[str]:
     """The ids of ``ImageSets/Context/<list_name>.txt`` ("train" or "val")."""
-    common.require_dir(root, "PASCAL_MT root")
-    folder = common.require_dir(os.path.join(root, "ImageSets", "Context"), "id lists")
+    readers.require_dir(root, "PASCAL_MT root")
+    folder = readers.require_dir(os.path.join(root, "ImageSets", "Context"), "id lists")
     path = os.path.join(folder, f"{list_name}.txt")
-    ids = common.read_id_list(path)
+    ids = readers.read_id_list(path)
     if len(set(ids)) != len(ids):
-        raise common.DataCheckError(path, "each id at most once; found duplicates")
+        raise readers.DataCheckError(path, "each id at most once; found duplicates")
     return ids
 
 
@@ -172,7 +161,7 @@ def _structs(x, path: str, what: str) -> list:
         return [x]
     if isinstance(x, np.ndarray) and all(isinstance(e, mat_struct) for e in x.ravel()):
         return list(x.ravel())
-    raise common.DataCheckError(path, f"{what}: a struct (array) expected, found {type(x).__name__}")
+    raise readers.DataCheckError(path, f"{what}: a struct (array) expected, found {type(x).__name__}")
 
 
 def read_human_parts(path: str) -> Optional[np.ndarray]:
@@ -185,31 +174,22 @@ def read_human_parts(path: str) -> Optional[np.ndarray]:
         persons = [(o, _structs(o.parts, path, "anno.objects.parts")) for o in objects
                    if int(o.class_ind) == PERSON_CLASS]
     except (OSError, ValueError, NotImplementedError, KeyError, AttributeError, TypeError) as err:
-        if isinstance(err, common.DataCheckError):
+        if isinstance(err, readers.DataCheckError):
             raise
-        raise common.DataCheckError(path, f"PASCAL-Part .mat with anno.objects(.class_ind, .parts(.part_name, .mask)) "
+        raise readers.DataCheckError(path, f"PASCAL-Part .mat with anno.objects(.class_ind, .parts(.part_name, .mask)) "
                                           f"expected ({type(err).__name__}: {err})") from None
     target = None
     for _, parts in persons:
         for part in parts:
             name = str(part.part_name)
             if name not in PART_GROUPS:
-                raise common.DataCheckError(path, f"person part names {sorted(PART_GROUPS)} expected, found {name!r}")
+                raise readers.DataCheckError(path, f"person part names {sorted(PART_GROUPS)} expected, found {name!r}")
             mask = np.asarray(part.mask).astype(bool)
             target = np.zeros(mask.shape, np.uint8) if target is None else target
             if mask.shape != target.shape:
-                raise common.DataCheckError(path, f"part masks of one size expected, found {mask.shape} and {target.shape}")
+                raise readers.DataCheckError(path, f"part masks of one size expected, found {mask.shape} and {target.shape}")
             target[mask] = PART_GROUPS[name]
     return target
-
-
-def label_edges(labels: np.ndarray, thin_edges: bool = True) -> np.ndarray:
-    """{0, 1} float32 edges of a label map (the rule of the module docstring)."""
-    x = labels.astype(np.int64)
-    p = np.pad(x, 1, mode="reflect")  # numpy's "reflect" = OpenCV's BORDER_REFLECT_101
-    lap = p[:-2, 1:-1] + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:] - 4 * x
-    edges = lap != 0
-    return (common.thin(edges) if thin_edges else edges).astype(np.float32)
 
 
 def read_sample(files: Dict[str, str], kinds: Sequence[str], p: PascalContextParams) -> Dict[str, object]:
@@ -218,28 +198,28 @@ def read_sample(files: Dict[str, str], kinds: Sequence[str], p: PascalContextPar
     Values: image uint8 HxWx3; semseg uint8; human_parts uint8 or None; saliency / edge
     float32 {0, 1}; normals float32 HxWx3 - every map at its image's size.
     """
-    image = common.read_image(files["image"], "RGB")
+    image = readers.read_image(files["image"], "RGB")
     h, w = image.shape[:2]
     out: Dict[str, object] = {"image": image}
     labelmap = None
     if "edge" in kinds or ("normals" in kinds and p.normals_valid_labels is not None):
-        labelmap = np.asarray(common.read_mat(files["labelmap"], "LabelMap"))
+        labelmap = np.asarray(readers.read_mat(files["labelmap"], "LabelMap"))
         if labelmap.ndim != 2 or not np.issubdtype(labelmap.dtype, np.integer) and not np.issubdtype(labelmap.dtype, np.floating):
-            raise common.DataCheckError(files["labelmap"], f"2-D numeric LabelMap expected, found {labelmap.dtype} {labelmap.shape}")
+            raise readers.DataCheckError(files["labelmap"], f"2-D numeric LabelMap expected, found {labelmap.dtype} {labelmap.shape}")
         _same_size(files["labelmap"], labelmap, h, w)
     for kind in kinds:
         path = files["labelmap" if kind == "edge" else kind]
         if kind == "semseg":
-            a = common.read_image(path, "raw")
+            a = readers.read_image(path, "raw")
             if a.ndim != 2 or a.dtype != np.uint8:
-                raise common.DataCheckError(path, f"single-channel uint8 label png expected, found {a.dtype} {a.shape}")
-            common.check_range(path, a, f"class ids 0..{N_CLASSES - 1} or 255", (a < N_CLASSES) | (a == 255))
+                raise readers.DataCheckError(path, f"single-channel uint8 label png expected, found {a.dtype} {a.shape}")
+            readers.check_range(path, a, f"class ids 0..{N_CLASSES - 1} or 255", (a < N_CLASSES) | (a == 255))
         elif kind == "human_parts":
             a = read_human_parts(path)
         elif kind == "saliency":
-            a = (common.read_image(path, "L").astype(np.float32) / 255.0 > 0.5).astype(np.float32)
+            a = (readers.read_image(path, "L").astype(np.float32) / 255.0 > 0.5).astype(np.float32)
         elif kind == "normals":
-            a = 2.0 * common.read_image(path, "RGB").astype(np.float32) / 255.0 - 1.0
+            a = 2.0 * readers.read_image(path, "RGB").astype(np.float32) / 255.0 - 1.0
             if p.normals_valid_labels is not None:
                 a[~np.isin(labelmap, p.normals_valid_labels)] = 0.0
         else:  # edge
@@ -252,24 +232,24 @@ def read_sample(files: Dict[str, str], kinds: Sequence[str], p: PascalContextPar
 
 def _same_size(path: str, a: np.ndarray, h: int, w: int) -> None:
     if a.shape[:2] != (h, w):
-        raise common.DataCheckError(path, f"{h}x{w} like its image expected, found {a.shape[0]}x{a.shape[1]}")
+        raise readers.DataCheckError(path, f"{h}x{w} like its image expected, found {a.shape[0]}x{a.shape[1]}")
 
 
 def verify(root: str, p: PascalContextParams, decode: Optional[int]) -> Dict[str, int]:
     """Folders, id lists, every file's existence, and decoding of ``decode`` samples per list."""
     for folder in FOLDERS:
-        common.require_dir(os.path.join(root, folder), f"PASCAL_MT {folder}")
+        readers.require_dir(os.path.join(root, folder), f"PASCAL_MT {folder}")
     seg_dirs = SEMSEG_DIRS.values() if p.semseg_source == "auto" else [SEMSEG_DIRS[p.semseg_source]]
     if not any(os.path.isdir(os.path.join(root, "semseg", d)) for d in seg_dirs):
-        common.require_dir(os.path.join(root, "semseg", next(iter(seg_dirs))), "PASCAL_MT semseg labels")
+        readers.require_dir(os.path.join(root, "semseg", next(iter(seg_dirs))), "PASCAL_MT semseg labels")
     n_files = n_decoded = 0
     for list_name in ("train", "val"):
         ids = official_ids(root, list_name)
         for sample_id in ids:
             for kind, path in paths(root, sample_id, p.semseg_source).items():
-                common.require_file(path, f"{kind} of id {sample_id!r} in ImageSets/Context/{list_name}.txt")
+                readers.require_file(path, f"{kind} of id {sample_id!r} in ImageSets/Context/{list_name}.txt")
                 n_files += 1
-        for i in common.decode_sample(len(ids), decode):
+        for i in readers.decode_sample(len(ids), decode):
             read_sample(paths(root, ids[i], p.semseg_source), TASK_NAMES, p)
             n_decoded += 1
     return {"files": n_files, "decoded": n_decoded}
@@ -294,32 +274,21 @@ def _sample(x: torch.Tensor, grid: torch.Tensor, mode: str) -> torch.Tensor:
     return F.grid_sample(x[None], grid, mode=mode, padding_mode="zeros", align_corners=False)[0]
 
 
-def geometry(image: torch.Tensor, maps: Dict[str, torch.Tensor], size: Tuple[int, int], angle: float = 0.0,
-             scale: float = 1.0, flip: bool = False):
-    """Rotate / scale / resize / flip ``image`` [3, H, W] and the dense ``maps`` together.
+def geometry(image: torch.Tensor, targets: Mapping[str, torch.Tensor], tasks: Mapping[str, Task],
+             size: Tuple[int, int], angle: float = 0.0, scale: float = 1.0, flip: bool = False):
+    """Rotate / scale / resize / flip ``image`` [3, H, W] and the dense ``targets`` together.
 
-    Label maps (every map but "normals") are sampled nearest, with 255 where the output pixel
-    comes from outside the image; normals bilinear, renormalised, rotated in-plane with the
-    image, zero where invalid or outside, x negated by a flip.
+    Each target's task resamples it (``Task.resample``: labels nearest, normals bilinear and
+    renormalised; the task's ignore value where the output pixel comes from outside the image),
+    rotates its values with the image (``Task.rotate``) and mirrors it (``Task.hflip``).
     """
     h, w = image.shape[-2:]
     grid = _grid(h, w, size, angle, scale)
     inside = _sample(torch.ones(1, h, w), grid, "nearest")[0] > 0.5
+    warp = lambda x, mode: _sample(x, grid, mode)  # noqa: E731
     image = _sample(image, grid, "bilinear")
-    out = {}
-    for k, m in maps.items():
-        if k == "normals":
-            valid = _sample((m != 0).any(0, keepdim=True).float(), grid, "nearest") > 0.5
-            n = F.normalize(_sample(m, grid, "bilinear"), dim=0)
-            a = math.radians(angle)  # the survey code's in-plane rotation of (nx, ny)
-            nx, ny = n[0] * math.cos(a) + n[1] * math.sin(a), n[1] * math.cos(a) - n[0] * math.sin(a)
-            n = torch.stack([-nx if flip else nx, ny, n[2]])
-            out[k] = torch.where(valid & inside, n, torch.zeros_like(n))
-        else:
-            out[k] = torch.where(inside, _sample(m.float()[None], grid, "nearest")[0], 255.0)
-    if flip:
-        image, out = common.hflip(image, out)
-    return image, out
+    out = {k: tasks[k].rotate(tasks[k].resample(t, warp, inside), angle) for k, t in targets.items()}
+    return hflip(image, out, tasks) if flip else (image, out)
 
 
 # ------------------------------------------------------------------------------ dataset
@@ -336,11 +305,10 @@ class PascalContext(DiskDataset):
         **params: PascalContextParams fields.
     """
 
-    NAME, TASK_NAMES, PARAMS, ROOT = "pascal_context", TASK_NAMES, PascalContextParams, "the PASCAL_MT folder"
+    NAME, TASK_NAMES, Params, ROOT = "pascal_context", TASK_NAMES, PascalContextParams, "the PASCAL_MT folder"
     ROOT_HINTS = dict.fromkeys(("prepare", "check", "init"), "(--data-root / dataset.root)")
     SMOKE_PARAMS = {"max_samples": 8, "image_size": (128, 128)}
     SURVEY_LOSS_WEIGHTS = SURVEY_LOSS_WEIGHTS  # for presets: the "fixed" balancer's weights
-    IGNORE_RULES = {**common.DEFAULT_IGNORE_RULES, "saliency": lambda t: t == 255}
     verify = staticmethod(verify)  # the module's verify(root, p, decode)
     ids = property(lambda self: self.items, doc="the official id of each item")
 
@@ -349,12 +317,12 @@ class PascalContext(DiskDataset):
         p = cls.params_of(params)
         return DatasetInfo(
             name="pascal_context",
-            tasks={"semseg": TaskSpec("semseg", {"num_classes": N_CLASSES}),
-                   "human_parts": TaskSpec("human_parts", {"num_classes": N_PARTS}),
+            tasks={"semseg": Plugin("semseg", {"num_classes": N_CLASSES}),
+                   "human_parts": Plugin("human_parts", {"num_classes": N_PARTS}),
                    # the survey's tables print saliency as mIoU ("Sal (mIoU)", Tables 8-9)
-                   "saliency": TaskSpec("saliency", {"primary": "miou"}),
-                   "normals": TaskSpec("normals", {}),
-                   "edge": TaskSpec("edge", {"pos_weight": 0.95})},
+                   "saliency": Plugin("saliency", {"primary": "miou"}),
+                   "normals": Plugin("normals"),
+                   "edge": Plugin("edge", {"pos_weight": 0.95})},
             input_size=p.image_size,
             # Not in the survey's text; its code's PASCAL configs use 6 (ResNet-18) and 8 (HRNet-18).
             default_batch_sizes=(4, 6, 8),
@@ -370,21 +338,23 @@ class PascalContext(DiskDataset):
         a = read_sample(paths(self.root, self.items[i], p.semseg_source), self.tasks, p)
         h, w = a["image"].shape[:2]
         image = torch.from_numpy(a["image"]).permute(2, 0, 1).float() / 255.0
-        mask = {t: torch.tensor(True) for t in self.tasks}
-        maps: Dict[str, torch.Tensor] = {}
-        for task in self.tasks:
-            if a[task] is None:  # human_parts of an image without a labelled person
-                maps[task], mask[task] = torch.full((h, w), 255.0), torch.tensor(False)
-            elif task == "normals":
-                maps[task] = torch.from_numpy(a[task]).permute(2, 0, 1)
-            else:
-                maps[task] = torch.from_numpy(np.asarray(a[task], dtype=np.float32))
+        mask = {t: torch.tensor(a[t] is not None) for t in self.tasks}
+        # human_parts of an image without a labelled person: all ignored, mask False
+        targets = {t: torch.full((h, w), 255, dtype=torch.long) if a[t] is None else _as_target(a[t])
+                   for t in self.tasks}
         if self.augment:  # angle, scale, flip (torch's generator: DataLoader workers seed it)
             (lo, hi), u = p.scale_range, torch.rand(3)
             draw = float((2 * u[0] - 1) * p.rotation), float(lo + (hi - lo) * u[1]), p.flip and bool(u[2] < 0.5)
         else:
             draw = 0.0, 1.0, False
-        image, maps = geometry(image, maps, p.image_size, *draw)
-        targets = {t: m.long() if t in ("semseg", "human_parts") else m if t == "normals" else m[None]  # [1, H, W]
-                   for t, m in maps.items()}
-        return self.make_item(common.standardize(image, IMAGENET_MEAN, IMAGENET_STD), targets, mask)
+        image, targets = geometry(image, targets, self.task_objects, p.image_size, *draw)
+        return self.make_item(standardize(image, IMAGENET_MEAN, IMAGENET_STD), targets, mask)
+
+
+def _as_target(a: np.ndarray) -> torch.Tensor:
+    """A decoded array in its task's format: uint8 labels -> LongTensor [H, W], a float map
+    [H, W] -> [1, H, W], H x W x 3 normals -> [3, H, W]."""
+    t = torch.from_numpy(a)
+    if a.dtype == np.uint8:
+        return t.long()
+    return t[None] if a.ndim == 2 else t.permute(2, 0, 1)

@@ -32,7 +32,10 @@ import pyarrow.parquet as pq
 import torch
 
 from trainables.datasets import render
-from trainables.datasets.base import SPLITS, DatasetInfo, TaskSpec
+from trainables.datasets.base import SPLITS, DatasetInfo, make_tasks
+from trainables.datasets.summary import summarize
+from trainables.datasets.transforms import normalize_image, random_hflip, unit_normals
+from trainables.plugins import Configurable, Plugin, make_params
 from trainables.registry import register_dataset
 
 GENERATOR_VERSION = 1
@@ -91,13 +94,6 @@ class SyntheticParams:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
             raise ValueError(f"synthetic: noise_std must be a float in [0, 1], got {v!r}")
         object.__setattr__(self, "noise_std", float(v))  # 0 and 0.0 must key the same cache
-
-    @classmethod
-    def from_kwargs(cls, params: Mapping[str, object]) -> "SyntheticParams":
-        """Build from keyword arguments; an unknown name is a ValueError listing the valid."""
-        from trainables.datasets.common import params_from_kwargs
-
-        return params_from_kwargs(cls, "synthetic", params)
 
     def count(self, split: str) -> int:
         return {"train": self.num_train, "val": self.num_val, "test": self.num_test}[split]
@@ -200,33 +196,39 @@ def _publish(tmp: str, final: str, params: SyntheticParams) -> None:
 
 
 @register_dataset("synthetic")
-class SyntheticScenes(torch.utils.data.Dataset):
+class SyntheticScenes(torch.utils.data.Dataset, Configurable):
     """Embedded ray-cast scenes: semseg, depth, normals, edge and scene labels, no download.
 
     Args:
         root: cache root (None: ``$MTL_CACHE_DIR/synthetic``, default ``~/.cache/mtl``).
         split: "train", "val" or "test".
         tasks: the subset of TASK_NAMES to serve.
-        augment: random horizontal flip (image, dense maps, x of the normals), drawn from
-            torch's global generator so it follows ``torch.manual_seed`` and the per-worker
-            seeds of a DataLoader.
+        augment: random horizontal flip (image and targets, each as its task mirrors it: the
+            normals' x negated), drawn from torch's global generator so it follows
+            ``torch.manual_seed`` and the per-worker seeds of a DataLoader.
         **params: SyntheticParams fields.
     """
 
+    Params = SyntheticParams
     # What ``mtl run --smoke`` overrides: a few hundred 32x32 images.
     SMOKE_PARAMS = {"image_size": 32, "num_train": 256, "num_val": 64, "num_test": 64}
 
     @classmethod
+    def params_of(cls, params: Mapping[str, object]) -> SyntheticParams:
+        """The ``Params`` of keyword arguments (ConfigError naming the dataset and the key)."""
+        return make_params(cls.Params, params, cls.label())
+
+    @classmethod
     def describe(cls, **params) -> DatasetInfo:
-        p = SyntheticParams.from_kwargs(params)
+        p = cls.params_of(params)
         return DatasetInfo(
             name="synthetic",
             tasks={
-                "semseg": TaskSpec("semseg", {"num_classes": N_CLASSES}),
-                "depth": TaskSpec("depth", {}),
-                "normals": TaskSpec("normals", {}),
-                "edge": TaskSpec("edge", {}),
-                "scene": TaskSpec("scene", {"num_classes": N_SCENES}),
+                "semseg": Plugin("semseg", {"num_classes": N_CLASSES}),
+                "depth": Plugin("depth"),
+                "normals": Plugin("normals"),
+                "edge": Plugin("edge"),
+                "scene": Plugin("scene", {"num_classes": N_SCENES}),
             },
             input_size=(p.image_size, p.image_size),
             default_batch_sizes=(8, 16, 32),
@@ -237,7 +239,7 @@ class SyntheticScenes(torch.utils.data.Dataset):
     @classmethod
     def prepare(cls, root: Optional[str] = None, **params) -> str:
         """Render the cache unless a complete one exists; return its directory."""
-        p = SyntheticParams.from_kwargs(params)
+        p = cls.params_of(params)
         final = cache_dir(root, p)
         if is_complete(final, p):
             return final
@@ -266,11 +268,10 @@ class SyntheticScenes(torch.utils.data.Dataset):
         import contextlib
         import sys
 
-        from trainables.datasets.common import summarize
-
         with contextlib.redirect_stdout(sys.stderr):
             path = cls.prepare(root, **params)
-        summary = summarize(lambda split: cls(root, split, list(TASK_NAMES), **params), SPLITS)
+        summary = summarize(lambda split: cls(root, split, list(TASK_NAMES), **params), SPLITS,
+                            make_tasks(cls.describe(**params), TASK_NAMES))
         return {**summary, "cache": path}
 
     def __init__(self, root: Optional[str], split: str, tasks: Sequence[str],
@@ -284,12 +285,11 @@ class SyntheticScenes(torch.utils.data.Dataset):
         if bad:
             raise ValueError(f"synthetic: unknown task(s) {', '.join(map(repr, bad))}; "
                              f"valid tasks: {', '.join(TASK_NAMES)}")
-        self.params = SyntheticParams.from_kwargs(params)
+        self.params = self.params_of(params)
         self.split, self.tasks, self.augment = split, list(dict.fromkeys(tasks)), bool(augment)
+        self.task_objects = make_tasks(self.describe(**params), self.tasks)
         self.path = self.prepare(root, **params)
         self._arrays = self._load(["image"] + self.tasks)
-        self._mean = torch.tensor(IMAGE_MEAN).view(3, 1, 1)
-        self._std = torch.tensor(IMAGE_STD).view(3, 1, 1)
 
     def _load(self, columns: Sequence[str]) -> Dict[str, np.ndarray]:
         """This split's requested columns as compact numpy arrays, in index order."""
@@ -317,27 +317,19 @@ class SyntheticScenes(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> Dict[str, object]:
         a = self._arrays
-        image = torch.from_numpy(a["image"][i].copy()).permute(2, 0, 1).float().div_(255.0)
-        image = (image - self._mean) / self._std
+        image = normalize_image(a["image"][i], IMAGE_MEAN, IMAGE_STD)
         targets: Dict[str, torch.Tensor] = {}
         for task in self.tasks:
             if task == "scene":
                 targets[task] = torch.tensor(a["scene"][i], dtype=torch.long)
             elif task == "semseg":
                 targets[task] = torch.from_numpy(a["semseg"][i].astype(np.int64))
-            elif task == "normals":
-                n = torch.from_numpy(a["normals"][i].astype(np.float32)).permute(2, 0, 1)
-                norm = n.norm(dim=0, keepdim=True)
-                targets[task] = torch.where(norm > 0, n / norm.clamp_min(1e-12), n)
+            elif task == "normals":  # stored as float16
+                targets[task] = unit_normals(torch.from_numpy(a["normals"][i].astype(np.float32)).permute(2, 0, 1))
             else:  # depth, edge: [1, H, W] float
                 targets[task] = torch.from_numpy(a[task][i].astype(np.float32))[None]
-        if self.augment and bool(torch.rand(()) < 0.5):
-            image = image.flip(-1)
-            for task, t in targets.items():
-                if t.dim() >= 2:
-                    targets[task] = t.flip(-1)
-            if "normals" in targets:
-                targets["normals"][0].neg_()  # mirroring the scene negates the camera x
+        if self.augment:
+            image, targets = random_hflip(image, targets, self.task_objects)
         return {"image": image.contiguous(),
                 "targets": {k: v.contiguous() for k, v in targets.items()},
                 "mask": {task: torch.tensor(True) for task in self.tasks}}

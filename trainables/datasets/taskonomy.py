@@ -27,8 +27,8 @@ Targets (task name: folder -> served value; task type):
     scene: class_scene, a .npy of 365 Places365 scores -> its argmax, LongTensor []; with
         ``scene_classes`` (a list of Places365 indices, e.g. Taskonomy's 63 indoor classes, not
         shipped here) the argmax among those, labelled by position; ``scene``.
-``mask_from_depth`` (default on, as Standley): normals are zeroed and edge_occlusion /
-reshading set to NaN (= invalid for dense_l1) where the depth is invalid. Images: ImageNet
+``mask_from_depth`` (default on, as Standley): normals, edge_occlusion and reshading are set to
+their task's ignore value (zero normals; NaN, invalid for dense_l1) where the depth is invalid. Images: ImageNet
 mean / std; every map is resized to ``image_size`` (default 256 x 256; files are 512 x 512):
 image and continuous maps bilinear (antialiased), labels and depth nearest.
 
@@ -50,15 +50,17 @@ import functools
 import os
 import re
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from trainables.datasets import common
-from trainables.datasets.base import SPLITS, DatasetInfo, TaskSpec
-from trainables.datasets.common import IMAGENET_MEAN, IMAGENET_STD
+from trainables.datasets import readers
+from trainables.datasets.base import SPLITS, DatasetInfo
 from trainables.datasets.disk import DiskDataset
+from trainables.datasets.params import SampleParams, as_size
+from trainables.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, random_hflip, resize_map, standardize
+from trainables.plugins import Plugin
 from trainables.registry import register_dataset
 
 # task name -> (folder, extension)
@@ -75,8 +77,9 @@ RGB_FILE = re.compile(r"^point_(\d+)_view_(\d+)_domain_rgb\.png$")
 
 
 @dataclass(frozen=True)
-class TaskonomyParams:
-    """Parameters of the ``taskonomy`` loader (see the module docstring).
+class TaskonomyParams(SampleParams):
+    """Parameters of the ``taskonomy`` loader (see the module docstring), besides
+    ``SampleParams``' max_samples and flip (no hold-out: every split is a list of buildings).
 
     Attributes:
         image_size: [H, W] every sample is resized to.
@@ -89,8 +92,6 @@ class TaskonomyParams:
         depth_invalid_from: raw depth values >= this are invalid (65535; Standley: 8192).
         mask_from_depth: invalidate normals / edge_occlusion / reshading where depth is invalid.
         scene_classes: Places365 indices of the scene classes (None: all 365).
-        max_samples: keep only the first N samples of each split (smoke runs).
-        flip: random horizontal flips when augmenting.
     """
 
     image_size: Tuple[int, int] = (256, 256)
@@ -104,12 +105,12 @@ class TaskonomyParams:
     depth_invalid_from: int = 65535
     mask_from_depth: bool = True
     scene_classes: Optional[Tuple[int, ...]] = None
-    max_samples: Optional[int] = None
-    flip: bool = True
+    dataset: ClassVar[str] = "taskonomy"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         d, set_ = "taskonomy", object.__setattr__
-        set_(self, "image_size", common.as_size(d, "image_size", self.image_size, allow_none=False))
+        set_(self, "image_size", as_size(d, "image_size", self.image_size, allow_none=False))
         if self.layout not in ("auto", "building_first", "task_first"):
             raise ValueError(f"{d}: layout must be 'auto', 'building_first' or 'task_first', got {self.layout!r}")
         if not isinstance(self.splits_file, str) or not self.splits_file:
@@ -127,7 +128,7 @@ class TaskonomyParams:
             if not isinstance(t, (list, tuple)) or not t or any(name not in TASK_NAMES for name in t):
                 raise ValueError(f"{d}: tasks_on_disk must be a non-empty list of {', '.join(TASK_NAMES)}; got {t!r}")
             set_(self, "tasks_on_disk", tuple(t))
-        for name in ("allow_missing", "mask_from_depth", "flip"):
+        for name in ("allow_missing", "mask_from_depth"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{d}: {name} must be a bool, got {getattr(self, name)!r}")
         v = self.depth_invalid_from
@@ -139,9 +140,6 @@ class TaskonomyParams:
                     or any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < N_PLACES for i in c)):
                 raise ValueError(f"{d}: scene_classes must be >= 2 distinct Places365 indices in [0, 365), got {c!r}")
             set_(self, "scene_classes", tuple(c))
-        m = self.max_samples
-        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
-            raise ValueError(f"{d}: max_samples must be a positive int or null, got {m!r}")
 
     @property
     def on_disk(self) -> Tuple[str, ...]:
@@ -158,11 +156,11 @@ def buildings(root: str, p: TaskonomyParams, split: str) -> List[str]:
         with open(path, newline="") as fh:
             rows = list(csv.reader(fh))
     except OSError as err:
-        raise common.DataCheckError(path, f"cannot read the split csv ({err.strerror}); or give "
+        raise readers.DataCheckError(path, f"cannot read the split csv ({err.strerror}); or give "
                                           f"train_buildings / val_buildings / test_buildings") from None
     header = [h.strip().lower() for h in rows[0]] if rows else []
     if not {"id", *SPLITS} <= set(header):
-        raise common.DataCheckError(path, f"csv with columns id,train,val,test expected, found header {header}")
+        raise readers.DataCheckError(path, f"csv with columns id,train,val,test expected, found header {header}")
     col, out = {h: i for i, h in enumerate(header)}, []
     for n, row in enumerate(rows[1:], start=2):
         if not any(cell.strip() for cell in row):
@@ -171,13 +169,13 @@ def buildings(root: str, p: TaskonomyParams, split: str) -> List[str]:
             flags = {s: row[col[s]].strip().lower() in ("1", "true", "1.0") for s in SPLITS}
             name = row[col["id"]].strip()
         except IndexError:
-            raise common.DataCheckError(path, f"line {n}: {len(header)} columns expected, found {len(row)}") from None
+            raise readers.DataCheckError(path, f"line {n}: {len(header)} columns expected, found {len(row)}") from None
         if sum(flags.values()) > 1:
-            raise common.DataCheckError(path, f"line {n}: building {name!r} marked for more than one split")
+            raise readers.DataCheckError(path, f"line {n}: building {name!r} marked for more than one split")
         if flags[split]:
             out.append(name)
     if not out:
-        raise common.DataCheckError(path, f"at least one building with {split}=1 expected, found none")
+        raise readers.DataCheckError(path, f"at least one building with {split}=1 expected, found none")
     return out
 
 
@@ -195,11 +193,11 @@ def samples(root: str, p: TaskonomyParams, split: str) -> List[Tuple[str, str]]:
     """[(building, 'point_<i>_view_<j>')] of ``split`` in building order, then (point, view)."""
     out = []
     for b in buildings(root, p, split):
-        rgb = common.require_dir(task_dir(root, p.layout, b, "rgb"), f"rgb images of building {b!r}")
+        rgb = readers.require_dir(task_dir(root, p.layout, b, "rgb"), f"rgb images of building {b!r}")
         found = [RGB_FILE.match(f) for f in os.listdir(rgb)]
         keys = sorted((int(m.group(1)), int(m.group(2))) for m in found if m)
         if not keys:
-            raise common.DataCheckError(rgb, "point_<i>_view_<j>_domain_rgb.png images expected, found none")
+            raise readers.DataCheckError(rgb, "point_<i>_view_<j>_domain_rgb.png images expected, found none")
         out += [(b, f"point_{i}_view_{j}") for i, j in keys]
     return out
 
@@ -215,7 +213,7 @@ def _scaled(path_: str, raw: np.ndarray) -> np.ndarray:
     if raw.dtype == np.uint8:
         return raw.astype(np.float32) / 255.0
     if not np.issubdtype(raw.dtype, np.integer) or raw.min() < 0 or raw.max() > 65535:
-        raise common.DataCheckError(path_, f"an 8- or 16-bit png expected, found {raw.dtype} values "
+        raise readers.DataCheckError(path_, f"an 8- or 16-bit png expected, found {raw.dtype} values "
                                            f"{raw.min()}..{raw.max()}")
     return raw.astype(np.float32) / 65535.0
 
@@ -223,32 +221,32 @@ def _scaled(path_: str, raw: np.ndarray) -> np.ndarray:
 def read_target(path_: str, task: str, p: TaskonomyParams) -> np.ndarray:
     """One decoded label (float32 maps HxW / HxWx3, uint8 semseg, int64 scene) or DataCheckError."""
     if task == "scene":
-        a = common.read_npy(path_).reshape(-1)
+        a = readers.read_npy(path_).reshape(-1)
         if a.shape != (N_PLACES,) or not np.issubdtype(a.dtype, np.number) or not np.isfinite(a).all():
-            raise common.DataCheckError(path_, f"{N_PLACES} finite Places365 scores expected, found {a.dtype} {a.shape}")
+            raise readers.DataCheckError(path_, f"{N_PLACES} finite Places365 scores expected, found {a.dtype} {a.shape}")
         c = p.scene_classes
         return np.int64(np.argmax(a) if c is None else int(np.argmax(a[list(c)])))
     if task == "normals":
-        return 2.0 * common.read_image(path_, "RGB").astype(np.float32) / 255.0 - 1.0
-    raw = common.read_image(path_, "raw")
+        return 2.0 * readers.read_image(path_, "RGB").astype(np.float32) / 255.0 - 1.0
+    raw = readers.read_image(path_, "raw")
     if raw.ndim == 3 and task == "reshading":
         raw = raw[..., :3].mean(axis=2).astype(raw.dtype)
     if raw.ndim != 2:
-        raise common.DataCheckError(path_, f"a single-channel png expected, found shape {raw.shape}")
+        raise readers.DataCheckError(path_, f"a single-channel png expected, found shape {raw.shape}")
     if task == "semseg":
-        common.check_range(path_, raw, f"0..{N_SEG} (0 = unlabelled)", (raw >= 0) & (raw <= N_SEG))
+        readers.check_range(path_, raw, f"0..{N_SEG} (0 = unlabelled)", (raw >= 0) & (raw <= N_SEG))
         return raw.astype(np.uint8)
     if task == "depth":
         if raw.dtype == np.uint8 or not np.issubdtype(raw.dtype, np.integer) or raw.min() < 0 or raw.max() > 65535:
-            raise common.DataCheckError(path_, f"a 16-bit depth png expected, found {raw.dtype}")
+            raise readers.DataCheckError(path_, f"a 16-bit depth png expected, found {raw.dtype}")
         return np.where(raw >= p.depth_invalid_from, 0.0, raw / DEPTH_UNITS_PER_M).astype(np.float32)
     return _scaled(path_, raw)
 
 
 def read_sample(root: str, p: TaskonomyParams, sample: Tuple[str, str], tasks: Sequence[str]) -> Dict[str, object]:
     """Image (uint8 HxWx3) and the ``tasks``' targets (None where a file is missing and
-    ``allow_missing``); continuous maps carry NaN where invalid (``mask_from_depth``)."""
-    out: Dict[str, object] = {"image": common.read_image(path(root, p, sample, "image"), "RGB")}
+    ``allow_missing``), plus the depth that ``mask_from_depth`` needs even if not asked for."""
+    out: Dict[str, object] = {"image": readers.read_image(path(root, p, sample, "image"), "RGB")}
     h, w = out["image"].shape[:2]
     need_depth = p.mask_from_depth and "depth" in p.on_disk and any(t in DEPTH_MASKED for t in tasks)
     for task in list(tasks) + (["depth"] if need_depth and "depth" not in tasks else []):
@@ -258,31 +256,27 @@ def read_sample(root: str, p: TaskonomyParams, sample: Tuple[str, str], tasks: S
             continue
         a = read_target(f, task, p)
         if task != "scene" and a.shape[:2] != (h, w):
-            raise common.DataCheckError(f, f"{h}x{w} like its rgb image expected, found {a.shape[0]}x{a.shape[1]}")
+            raise readers.DataCheckError(f, f"{h}x{w} like its rgb image expected, found {a.shape[0]}x{a.shape[1]}")
         out[task] = a
-    invalid = None if not need_depth or out["depth"] is None else out["depth"] <= 0
-    for task in DEPTH_MASKED:
-        if invalid is not None and out.get(task) is not None and task in tasks:
-            out[task][invalid] = 0.0 if task == "normals" else np.nan
     return out
 
 
 def verify(root: str, p: TaskonomyParams, decode: Optional[int]) -> Dict[str, int]:
     """Split lists, folders, every file's existence, and decoding of ``decode`` samples per split."""
-    common.require_dir(root, "Taskonomy root")
+    readers.require_dir(root, "Taskonomy root")
     n_files = n_decoded = 0
     for split in SPLITS:
         items = samples(root, p, split)
         for b in dict.fromkeys(b for b, _ in items):
             for task in p.on_disk:
-                common.require_dir(task_dir(root, p.layout, b, FOLDERS[task][0]),
+                readers.require_dir(task_dir(root, p.layout, b, FOLDERS[task][0]),
                                    f"{task} of building {b!r} (or leave {task} out of tasks_on_disk)")
         if not p.allow_missing:
             for s in items:
                 for task in p.on_disk:
-                    common.require_file(path(root, p, s, task), f"{task} of {s[1]} in building {s[0]!r}")
+                    readers.require_file(path(root, p, s, task), f"{task} of {s[1]} in building {s[0]!r}")
                     n_files += 1
-        for i in common.decode_sample(len(items), decode):
+        for i in readers.decode_sample(len(items), decode):
             read_sample(root, p, items[i], p.on_disk)
             n_decoded += 1
     return {"files": n_files, "decoded": n_decoded}
@@ -301,11 +295,10 @@ class Taskonomy(DiskDataset):
         **params: TaskonomyParams fields.
     """
 
-    NAME, TASK_NAMES, PARAMS, ROOT = "taskonomy", TASK_NAMES, TaskonomyParams, "the Taskonomy data folder"
+    NAME, TASK_NAMES, Params, ROOT = "taskonomy", TASK_NAMES, TaskonomyParams, "the Taskonomy data folder"
     ROOT_HINTS = dict.fromkeys(("prepare", "check", "init"), "(--data-root / dataset.root)")
     HOLDOUT = None  # split by building: every split is official
     SMOKE_PARAMS = {"max_samples": 8, "image_size": (64, 64)}
-    IGNORE_RULES = {**common.DEFAULT_IGNORE_RULES, **{t: (lambda x: ~torch.isfinite(x)) for t in CONTINUOUS}}
     verify = staticmethod(verify)  # the module's verify(root, p, decode)
     samples = property(lambda self: self.items, doc="(building, 'point_<i>_view_<j>') of each item")
 
@@ -317,12 +310,12 @@ class Taskonomy(DiskDataset):
     def describe(cls, **params) -> DatasetInfo:
         p = cls.params_of(params)
         n_scene = len(p.scene_classes) if p.scene_classes else N_PLACES
-        specs = {"semseg": TaskSpec("semseg", {"num_classes": N_SEG}),
-                 "depth": TaskSpec("dense_l1", {"channels": 1, "invalid_value": 0.0}),
-                 "normals": TaskSpec("normals", {"loss": "cosine"}),
-                 "keypoints2d": TaskSpec("keypoints", {"channels": 1}),
-                 "scene": TaskSpec("scene", {"num_classes": n_scene}),
-                 **{t: TaskSpec("dense_l1", {"channels": 1}) for t in ("edge_texture", "edge_occlusion", "reshading")}}
+        specs = {"semseg": Plugin("semseg", {"num_classes": N_SEG}),
+                 "depth": Plugin("dense_l1", {"channels": 1, "invalid_value": 0.0}),
+                 "normals": Plugin("normals", {"loss": "cosine"}),
+                 "keypoints2d": Plugin("keypoints", {"channels": 1}),
+                 "scene": Plugin("scene", {"num_classes": n_scene}),
+                 **{t: Plugin("dense_l1", {"channels": 1}) for t in ("edge_texture", "edge_occlusion", "reshading")}}
         return DatasetInfo(
             name="taskonomy",
             tasks={t: specs[t] for t in p.on_disk},
@@ -339,7 +332,12 @@ class Taskonomy(DiskDataset):
     def __getitem__(self, i: int) -> Dict[str, object]:
         p, size = self.params, self.params.image_size
         a = read_sample(self.root, p, self.items[i], self.tasks)
-        image = common.resize_map(torch.from_numpy(a["image"]).permute(2, 0, 1).float() / 255.0, size, "bilinear")
+        if p.mask_from_depth and a.get("depth") is not None:
+            invalid = a["depth"] <= 0
+            for task in DEPTH_MASKED:
+                if a.get(task) is not None and task in self.tasks:
+                    a[task][invalid] = self.task_objects[task].ignore_value
+        image = resize_map(torch.from_numpy(a["image"]).permute(2, 0, 1).float() / 255.0, size, "bilinear")
         targets, mask = {}, {}
         for task in self.tasks:
             x, mask[task] = a[task], torch.tensor(a[task] is not None)
@@ -348,35 +346,24 @@ class Taskonomy(DiskDataset):
             elif task == "semseg":  # file 0 = unlabelled -> 255, k -> class k - 1
                 seg = None if x is None else torch.from_numpy(x.astype(np.int64))
                 targets[task] = (torch.full(size, 255, dtype=torch.long) if seg is None
-                                 else common.resize_map(torch.where(seg == 0, 255, seg - 1), size))
+                                 else resize_map(torch.where(seg == 0, 255, seg - 1), size))
             elif x is None:
-                targets[task] = torch.zeros(3 if task == "normals" else 1, *size)
-            elif task == "normals":
-                targets[task] = _resize_normals(torch.from_numpy(x).permute(2, 0, 1), size)
-            elif task == "depth":
-                targets[task] = common.resize_map(torch.from_numpy(x)[None], size, "nearest")
-            else:
+                targets[task] = torch.zeros(self.task_objects[task].out_channels, *size)
+            elif task in CONTINUOUS:
                 targets[task] = _resize_continuous(torch.from_numpy(x)[None], size)
-        if self.augment and p.flip and bool(torch.rand(()) < 0.5):
-            dense = {k: v for k, v in targets.items() if v.dim() >= 2}
-            image, dense = common.hflip(image, dense)
-            if "normals" in dense:
-                dense["normals"] = dense["normals"] * torch.tensor([-1.0, 1.0, 1.0]).view(3, 1, 1)
-            targets.update(dense)
-        return self.make_item(common.standardize(image, IMAGENET_MEAN, IMAGENET_STD), targets, mask)
-
-
-def _resize_normals(n: torch.Tensor, size) -> torch.Tensor:
-    valid = common.resize_map((n != 0).any(0).float(), size, "nearest") > 0.5
-    n = torch.nn.functional.normalize(common.resize_map(n, size, "bilinear"), dim=0)
-    return torch.where(valid, n, torch.zeros_like(n))
+            else:  # depth nearest, normals bilinear and renormalised: the task's own resampling
+                x = torch.from_numpy(x)
+                x = x[None] if x.dim() == 2 else x.permute(2, 0, 1)
+                targets[task] = self.task_objects[task].resample(x, lambda m, mode: resize_map(m, size, mode))
+        if self.augment and p.flip:
+            image, targets = random_hflip(image, targets, self.task_objects)
+        return self.make_item(standardize(image, IMAGENET_MEAN, IMAGENET_STD), targets, mask)
 
 
 def _resize_continuous(x: torch.Tensor, size) -> torch.Tensor:
     """Bilinear resize of a map with NaN holes; the holes are resized nearest and stay NaN."""
     hole = torch.isnan(x)
     if not hole.any():
-        return common.resize_map(x, size, "bilinear")
-    y = common.resize_map(torch.where(hole, torch.zeros_like(x), x), size, "bilinear")
-    return torch.where(common.resize_map(hole.float(), size, "nearest") > 0.5, torch.full_like(y, float("nan")), y)
-
+        return resize_map(x, size, "bilinear")
+    y = resize_map(torch.where(hole, torch.zeros_like(x), x), size, "bilinear")
+    return torch.where(resize_map(hole.float(), size, "nearest") > 0.5, torch.full_like(y, float("nan")), y)

@@ -1,4 +1,6 @@
-"""Task plug-ins: loss, sum-reducible metric state and metric direction (see ``base.Task``).
+"""Task plug-ins: loss, sum-reducible metric state, metric direction, and what the data
+pipeline needs to know about their targets (ignored elements, mirror / zoom / rotation /
+resampling); see ``base.Task``. Each type's keyword arguments are its frozen ``Params``.
 
 Importing this package registers every built-in task type in ``TASKS``.
 """

@@ -20,7 +20,7 @@ predicted positive iff its logit is > 0 (probability > 0.5).
     recall   = 100 * #true positives / #positive targets (NaN when the split has none).
 An empty state gives NaN for every key.
 
-Hyper-parameters:
+Hyper-parameters (``AttributeParams``):
     pos_weight (float > 0 or None, default None): weight of the positive term of the BCE (as
         torch's ``pos_weight``), e.g. n_negative / n_positive for a rare attribute.
 
@@ -29,6 +29,7 @@ Primary metric: ``accuracy``, higher is better.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Dict, Optional
 
 import torch
@@ -39,22 +40,26 @@ from trainables.registry import register_task
 from trainables.tasks.base import Task
 
 
+@dataclass(frozen=True)
+class AttributeParams:
+    """Parameters of ``attribute`` (see the module docstring)."""
+
+    pos_weight: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        w = self.pos_weight
+        if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w <= 0):
+            raise ValueError(f"attribute: pos_weight must be a finite float > 0 or None, got {w!r}")
+
+
 @register_task("attribute")
 class Attribute(Task):
     """Binary image-level attribute (BCE with logits; accuracy / error in %)."""
 
+    Params = AttributeParams
     kind = "image"
     primary_metric = "accuracy"
     higher_is_better = True
-
-    def __init__(self, name: str = "attribute", *, pos_weight: Optional[float] = None):
-        super().__init__(name)
-        if pos_weight is not None and (
-            isinstance(pos_weight, bool) or not isinstance(pos_weight, (int, float))
-            or not math.isfinite(pos_weight) or pos_weight <= 0
-        ):
-            raise ValueError(f"attribute: pos_weight must be a finite float > 0 or None, got {pos_weight!r}")
-        self.pos_weight = None if pos_weight is None else float(pos_weight)
 
     @property
     def out_channels(self) -> int:
@@ -71,7 +76,8 @@ class Attribute(Task):
 
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         y = self._target(pred, target)
-        pw = None if self.pos_weight is None else torch.tensor([self.pos_weight], dtype=pred.dtype, device=pred.device)
+        w = self.params.pos_weight
+        pw = None if w is None else torch.tensor([w], dtype=pred.dtype, device=pred.device)
         return F.binary_cross_entropy_with_logits(pred, y, pos_weight=pw)
 
     def metric_state(self, device: torch.device | str = "cpu") -> Tensor:

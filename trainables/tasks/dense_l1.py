@@ -22,7 +22,7 @@ Metric state: [sum |pred - gt|, sum (pred - gt)^2, n_valid] in float64, so
     rmse = sqrt(sum (pred - gt)^2 / n_valid)
 are exact under a data-parallel SUM all-reduce. An empty state gives NaN for both keys.
 
-Hyper-parameters:
+Hyper-parameters (``DenseL1Params``):
     channels (int >= 1, default 1): C, channels of the map (and of the head).
     invalid_value (float or None, default None): target value that marks an invalid element,
         besides non-finite values.
@@ -32,7 +32,8 @@ Primary metric: ``l1``, lower is better.
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
+from dataclasses import dataclass
+from typing import ClassVar, Dict, Optional
 
 import torch
 from torch import Tensor
@@ -41,34 +42,43 @@ from trainables.registry import register_task
 from trainables.tasks.masked import MaskedDense
 
 
+@dataclass(frozen=True)
+class DenseL1Params:
+    """Parameters of ``dense_l1`` (see the module docstring); ``task`` names the type in errors."""
+
+    channels: int = 1
+    invalid_value: Optional[float] = None
+    task: ClassVar[str] = "dense_l1"
+
+    def __post_init__(self) -> None:
+        c, v = self.channels, self.invalid_value
+        if isinstance(c, bool) or not isinstance(c, int) or c < 1:
+            raise ValueError(f"{self.task}: channels must be an int >= 1, got {c!r}")
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+            raise ValueError(f"{self.task}: invalid_value must be a finite number or None, got {v!r}")
+
+
 @register_task("dense_l1")
 class DenseL1(MaskedDense):
     """Dense regression map (masked L1 loss; pooled L1 and RMSE over valid elements)."""
 
+    Params = DenseL1Params
     primary_metric = "l1"
     higher_is_better = False
-    type_name = "dense_l1"  # the registry name, for error messages (subclasses override)
 
-    def __init__(self, name: str = "dense_l1", *, channels: int = 1, invalid_value: Optional[float] = None):
-        super().__init__(name)
-        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-            raise ValueError(f"{self.type_name}: channels must be an int >= 1, got {channels!r}")
-        if invalid_value is not None and (
-            isinstance(invalid_value, bool) or not isinstance(invalid_value, (int, float))
-            or not math.isfinite(invalid_value)
-        ):
-            raise ValueError(f"{self.type_name}: invalid_value must be a finite number or None, got {invalid_value!r}")
-        self.channels = channels
-        self.invalid_value = None if invalid_value is None else float(invalid_value)
+    @property
+    def ignore_value(self) -> float:
+        v = self.params.invalid_value
+        return float("nan") if v is None else float(v)
 
     @property
     def out_channels(self) -> int:
-        return self.channels
+        return self.params.channels
 
     def valid_mask(self, target: Tensor) -> Tensor:
         valid = torch.isfinite(target)
-        if self.invalid_value is not None:
-            valid = valid & (target != self.invalid_value)
+        if self.params.invalid_value is not None:
+            valid = valid & (target != self.params.invalid_value)
         return valid
 
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:

@@ -17,15 +17,28 @@ Metric state: [sum (pred-gt)^2, sum |pred-gt|, sum |pred-gt|/gt, n_valid] in flo
     abs_rel = sum |pred-gt| / gt / n_valid
 are exact under a data-parallel SUM all-reduce. An empty state gives NaN for every key.
 
-Hyper-parameters:
+Evaluation clamp: the survey's evaluation code sets ``pred[pred <= 0] = 1e-9`` before it
+computes the metrics (a metric depth is positive); ``eval_clamp`` does the same in
+``update_metric`` only - every metric above sees the clamped prediction, the loss never does.
+
+Geometry (the data pipeline's augmentation, see ``base.Task``): a zoom-crop that enlarges the
+image s times brings the scene s times closer, so metric depth is divided by s and a disparity
+map (larger = nearer; Cityscapes) multiplied by s.
+
+Hyper-parameters (``DepthParams``):
     min_depth (float >= 0, default 0.0): targets <= min_depth are invalid.
+    disparity (bool, default False): the target is a disparity (set by the datasets that serve
+        one, e.g. Cityscapes); only the zoom rule depends on it.
+    eval_clamp (float >= 0 or None, default 1e-9, the survey's): value that replaces
+        predictions <= 0 in the metrics; None disables the clamp.
 
 Primary metric: ``rmse``, lower is better.
 """
 from __future__ import annotations
 
 import math
-from typing import Dict
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -34,27 +47,46 @@ from trainables.registry import register_task
 from trainables.tasks.masked import MaskedDense
 
 
+@dataclass(frozen=True)
+class DepthParams:
+    """Parameters of ``depth`` (see the module docstring)."""
+
+    min_depth: float = 0.0
+    disparity: bool = False
+    eval_clamp: Optional[float] = 1e-9
+
+    def __post_init__(self) -> None:
+        if not _finite(self.min_depth) or self.min_depth < 0:
+            raise ValueError(f"depth: min_depth must be a finite float >= 0, got {self.min_depth!r}")
+        if not isinstance(self.disparity, bool):
+            raise ValueError(f"depth: disparity must be a bool, got {self.disparity!r}")
+        if self.eval_clamp is not None and (not _finite(self.eval_clamp) or self.eval_clamp < 0):
+            raise ValueError(f"depth: eval_clamp must be a finite float >= 0 or None, got {self.eval_clamp!r}")
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
 @register_task("depth")
 class Depth(MaskedDense):
     """Depth (masked L1 loss; pooled RMSE, abs-rel and L1 over valid pixels)."""
 
+    Params = DepthParams
     primary_metric = "rmse"
     higher_is_better = False
-
-    def __init__(self, name: str = "depth", *, min_depth: float = 0.0):
-        super().__init__(name)
-        if isinstance(min_depth, bool) or not isinstance(min_depth, (int, float)) or not (
-            math.isfinite(min_depth) and min_depth >= 0
-        ):
-            raise ValueError(f"depth: min_depth must be a finite float >= 0, got {min_depth!r}")
-        self.min_depth = float(min_depth)
+    ignore_value = 0.0  # invalid for every min_depth >= 0
 
     @property
     def out_channels(self) -> int:
         return 1
 
     def valid_mask(self, target: Tensor) -> Tensor:
-        return torch.isfinite(target) & (target > self.min_depth)
+        return torch.isfinite(target) & (target > self.params.min_depth)
+
+    def zoom(self, target: Tensor, s: float, factors: Tuple[float, float]) -> Tensor:
+        """Metric depth / s (the scene comes s times closer); disparity * s."""
+        return target * s if self.params.disparity else target / s
 
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         return self.masked_l1(pred, target)
@@ -64,6 +96,9 @@ class Depth(MaskedDense):
 
     @torch.no_grad()
     def update_metric(self, state: Tensor, pred: Tensor, target: Tensor) -> None:
+        clamp = self.params.eval_clamp
+        if clamp is not None:  # the survey's pred[pred <= 0] = 1e-9
+            pred = torch.where(pred <= 0, torch.full_like(pred, clamp), pred)
         valid, gt, diff = self.masked_diff(pred, target)
         rel = torch.where(valid, diff.abs() / torch.where(valid, gt, 1.0), torch.zeros_like(gt))
         state += torch.stack(

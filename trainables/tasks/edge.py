@@ -29,7 +29,7 @@ survey's odsF; use them for relative comparisons (Delta_m) within this code base
 are quantised to the bins, so thresholds finer than 1 / num_bins are not seen.
 A state without positive pixels gives NaN for both keys.
 
-Hyper-parameters:
+Hyper-parameters (``EdgeParams``):
     pos_weight (float in (0, 1), default 0.95): w, weight of the positive (edge) term.
     ignore_index (float, default 255): target value of ignored pixels.
     num_bins (int >= 2, default 1000): histogram bins of the metric.
@@ -39,6 +39,7 @@ Primary metric: ``odsf``, higher is better.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Dict
 
 import torch
@@ -49,61 +50,68 @@ from trainables.registry import register_task
 from trainables.tasks.masked import MaskedDense
 
 
+@dataclass(frozen=True)
+class EdgeParams:
+    """Parameters of ``edge`` (see the module docstring)."""
+
+    pos_weight: float = 0.95
+    ignore_index: float = 255
+    num_bins: int = 1000
+
+    def __post_init__(self) -> None:
+        w, ignore, nb = self.pos_weight, self.ignore_index, self.num_bins
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w < 1:
+            raise ValueError(f"edge: pos_weight must be a float in (0, 1), got {w!r}")
+        check_ignore_index("edge", ignore)
+        check_num_bins("edge", nb)
+
+
+def check_ignore_index(task: str, value) -> None:
+    """A binary map's ignore marker: a finite number outside the labels' range [0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or 0 <= value <= 1:
+        raise ValueError(f"{task}: ignore_index must be a finite number outside [0, 1], got {value!r}")
+
+
+def check_num_bins(task: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+        raise ValueError(f"{task}: num_bins must be an int >= 2, got {value!r}")
+
+
 @register_task("edge")
 class Edge(MaskedDense):
     """Edge detection (balanced BCE; pixel-exact ODS F and AP from probability histograms)."""
 
+    Params = EdgeParams
     primary_metric = "odsf"
     higher_is_better = True
 
-    def __init__(
-        self,
-        name: str = "edge",
-        *,
-        pos_weight: float = 0.95,
-        ignore_index: float = 255,
-        num_bins: int = 1000,
-    ):
-        super().__init__(name)
-        if isinstance(pos_weight, bool) or not isinstance(pos_weight, (int, float)) or not (
-            0 < pos_weight < 1
-        ):
-            raise ValueError(f"edge: pos_weight must be a float in (0, 1), got {pos_weight!r}")
-        if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, float)) or (
-            not math.isfinite(ignore_index) or 0 <= ignore_index <= 1
-        ):
-            raise ValueError(
-                f"edge: ignore_index must be a finite number outside [0, 1], got {ignore_index!r}"
-            )
-        if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 2:
-            raise ValueError(f"edge: num_bins must be an int >= 2, got {num_bins!r}")
-        self.pos_weight = float(pos_weight)
-        self.ignore_index = float(ignore_index)
-        self.num_bins = num_bins
+    @property
+    def ignore_value(self) -> float:
+        return float(self.params.ignore_index)
 
     @property
     def out_channels(self) -> int:
         return 1
 
     def valid_mask(self, target: Tensor) -> Tensor:
-        return (target != self.ignore_index) & torch.isfinite(target)
+        return (target != self.params.ignore_index) & torch.isfinite(target)
 
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         valid, y = self._valid(pred, target)
         y = y.to(pred.dtype)
-        w = self.pos_weight
+        w = self.params.pos_weight
         per_pixel = -(w * y * F.logsigmoid(pred) + (1 - w) * (1 - y) * F.logsigmoid(-pred))
         per_pixel = torch.where(valid, per_pixel, torch.zeros_like(per_pixel))
         return per_pixel.sum() / valid.sum().clamp_min(1).to(per_pixel.dtype)
 
     def metric_state(self, device: torch.device | str = "cpu") -> Tensor:
         """[2, num_bins]: row 0 counts positive pixels per probability bin, row 1 negatives."""
-        return torch.zeros(2, self.num_bins, dtype=torch.float64, device=device)
+        return torch.zeros(2, self.params.num_bins, dtype=torch.float64, device=device)
 
     @torch.no_grad()
     def update_metric(self, state: Tensor, pred: Tensor, target: Tensor) -> None:
         valid, y = self._valid(pred, target)
-        nb = self.num_bins
+        nb = self.params.num_bins
         prob = torch.sigmoid(pred.double()).reshape(-1)
         b = (prob * nb).floor().long().clamp(0, nb - 1)
         # Row 0 = positives, row 1 = negatives; invalid pixels go to a dropped bin 2 * nb.

@@ -14,7 +14,7 @@ from a split-level confusion matrix over the C classes, background included. Ima
 a person carry no label (the dataset's mask is False) and so never enter loss or metric - the
 survey code achieves the same by setting such targets to 255 everywhere.
 
-Hyper-parameters:
+Hyper-parameters (``HumanPartsParams``):
     num_classes (int >= 2, default 7): 6 parts + background.
     ignore_index (int, default 255), class_weights (default None): as in ``semseg``.
 
@@ -22,26 +22,23 @@ Primary metric: ``miou``, higher is better.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
 
 from trainables.registry import register_task
-from trainables.tasks.semseg import SemSeg
+from trainables.tasks.semseg import SemSeg, SemSegParams
+
+
+@dataclass(frozen=True)
+class HumanPartsParams(SemSegParams):
+    """``semseg``'s parameters with 6 parts + background as the default number of classes."""
+
+    num_classes: int = 7
+    task: ClassVar[str] = "human_parts"
 
 
 @register_task("human_parts")
 class HumanParts(SemSeg):
     """Human part segmentation (6 parts + background; cross-entropy, confusion-matrix mIoU)."""
 
-    def __init__(
-        self,
-        name: str = "human_parts",
-        *,
-        num_classes: int = 7,
-        ignore_index: int = 255,
-        class_weights: Optional[Sequence[float]] = None,
-    ):
-        try:
-            super().__init__(name, num_classes=num_classes, ignore_index=ignore_index,
-                             class_weights=class_weights)
-        except ValueError as err:  # name this task type, not the one whose checks it reuses
-            raise ValueError(str(err).replace("semseg:", "human_parts:", 1)) from None
+    Params = HumanPartsParams

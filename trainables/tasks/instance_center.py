@@ -23,6 +23,9 @@ e = ||pred - target||_2 per valid pixel, so
     l1         = sum (|ddy| + |ddx|) / n_valid
 are exact under a data-parallel SUM all-reduce. An empty state gives NaN for every key.
 
+Geometry (the data pipeline's augmentation, see ``base.Task``): mirroring the image negates dx;
+a zoom-crop with exact factors (fy, fx) multiplies (dy, dx) by them.
+
 Hyper-parameters: none.
 
 Primary metric: ``mean_error``, lower is better.
@@ -30,7 +33,7 @@ Primary metric: ``mean_error``, lower is better.
 from __future__ import annotations
 
 import math
-from typing import Dict
+from typing import Dict, Tuple
 
 import torch
 from torch import Tensor
@@ -45,9 +48,7 @@ class InstanceCenter(MaskedDense):
 
     primary_metric = "mean_error"
     higher_is_better = False
-
-    def __init__(self, name: str = "instance_center"):
-        super().__init__(name)
+    ignore_value = float("nan")
 
     @property
     def out_channels(self) -> int:
@@ -56,6 +57,16 @@ class InstanceCenter(MaskedDense):
     def valid_mask(self, target: Tensor) -> Tensor:
         """Per pixel [B, 1, H, W]: both components finite."""
         return torch.isfinite(target).all(dim=1, keepdim=True)
+
+    def hflip(self, target: Tensor) -> Tensor:
+        """Mirrored map, dx negated."""
+        out = target.flip(-1)
+        out[1].neg_()
+        return out
+
+    def zoom(self, target: Tensor, s: float, factors: Tuple[float, float]) -> Tensor:
+        """Offsets in px of the zoomed image: (dy, dx) * (fy, fx)."""
+        return target * torch.tensor(factors).view(2, 1, 1)
 
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         return self.masked_l1(pred, target)  # / (2 * n_valid): the elements of the valid pixels

@@ -14,17 +14,22 @@ Primary metric: ``l1``, lower is better.
 """
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import ClassVar
 
 from trainables.registry import register_task
-from trainables.tasks.dense_l1 import DenseL1
+from trainables.tasks.dense_l1 import DenseL1, DenseL1Params
+
+
+@dataclass(frozen=True)
+class KeypointsParams(DenseL1Params):
+    """``dense_l1``'s parameters under this type's name."""
+
+    task: ClassVar[str] = "keypoints"
 
 
 @register_task("keypoints")
 class Keypoints(DenseL1):
     """2-D keypoint heat map (masked L1 loss; pooled L1 / RMSE), Taskonomy "keypoints2d"."""
 
-    type_name = "keypoints"
-
-    def __init__(self, name: str = "keypoints", *, channels: int = 1, invalid_value: Optional[float] = None):
-        super().__init__(name, channels=channels, invalid_value=invalid_value)
+    Params = KeypointsParams

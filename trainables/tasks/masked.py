@@ -5,7 +5,8 @@ same way: pred and target must both be [B, C, H, W] (C = ``out_channels``), a ta
 rule (``valid_mask``) says which target elements or pixels carry a label, and the invalid ones
 are replaced by 0 *before* any arithmetic, so no NaN / ignore value reaches the loss or its
 gradient. The regression tasks among them also share the masked L1 loss and the float64
-difference their metrics accumulate.
+difference their metrics accumulate. The same rule, on one sample, is what the data pipeline
+reports as ignored (``ignored``).
 """
 from __future__ import annotations
 
@@ -26,6 +27,10 @@ class MaskedDense(Task):
     @abc.abstractmethod
     def valid_mask(self, target: Tensor) -> Tensor:
         """Bool mask of the valid target elements: [B, C, H, W], or [B, 1, H, W] per pixel."""
+
+    def ignored(self, target: Tensor) -> Tensor:
+        """The elements of one sample's target [C, H, W] that ``valid_mask`` rejects."""
+        return (~self.valid_mask(target[None])[0]).expand_as(target)
 
     def _valid(self, pred: Tensor, target: Tensor) -> Tuple[Tensor, Tensor]:
         """(valid mask, target with invalid elements replaced by 0 so no NaN leaks)."""

@@ -19,11 +19,19 @@ hist counts e in 0.05-degree bins over [0, 180].
     mean_angle   = sum e / n                         (exact)
     rmse_angle   = sqrt(sum e^2 / n)                 (exact)
     within_T     = 100 * #(e < T) / n, T in {11.25, 22.5, 30}     (exact, strict "<")
-    median_angle = the 50% quantile from the histogram, linearly interpolated inside its bin:
-                   an approximation, off by at most the bin width of 0.05 degrees.
+    median_angle = numpy's median (the mean of the two middle order statistics; the middle
+                   one for odd n), each order statistic located in its 0.05-degree bin and
+                   placed inside it by its rank among the bin's counts. Both estimates lie in
+                   the bin that holds the true value, so the error is below the bin width,
+                   |median_angle - median| < 0.05 degrees, for any number of pixels.
 An empty state gives NaN for every key.
 
-Hyper-parameters:
+Geometry (the data pipeline's augmentation, see ``base.Task``): mirroring the image negates
+the x component; an in-plane rotation of the image by a rotates (nx, ny) by -a in image
+coordinates (y down), as the survey code's rotation; resampling is bilinear and renormalised,
+with the validity (non-zero vectors) resampled nearest so that invalid zeros never blend in.
+
+Hyper-parameters (``NormalsParams``):
     loss ("l1" | "cosine", default "l1"): the training loss above.
     eps (float > 0, default 1e-12): ``F.normalize``'s eps for the prediction.
 
@@ -32,13 +40,15 @@ Primary metric: ``mean_angle``, lower is better.
 from __future__ import annotations
 
 import math
-from typing import Dict
+from dataclasses import dataclass
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from trainables.registry import register_task
+from trainables.tasks.base import Warp
 from trainables.tasks.masked import MaskedDense
 
 BIN_DEG = 0.05  # median resolution, degrees
@@ -47,21 +57,28 @@ THRESHOLDS = (11.25, 22.5, 30.0)
 _HEAD = 3 + len(THRESHOLDS)  # state entries before the histogram
 
 
+@dataclass(frozen=True)
+class NormalsParams:
+    """Parameters of ``normals`` (see the module docstring)."""
+
+    loss: str = "l1"
+    eps: float = 1e-12
+
+    def __post_init__(self) -> None:
+        if self.loss not in ("l1", "cosine"):
+            raise ValueError(f"normals: loss must be one of 'l1', 'cosine', got {self.loss!r}")
+        if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) or not (0 < self.eps < 1):
+            raise ValueError(f"normals: eps must be a float in (0, 1), got {self.eps!r}")
+
+
 @register_task("normals")
 class Normals(MaskedDense):
     """Surface normals (L1 on unit vectors; mean / median / RMSE angle and within-T)."""
 
+    Params = NormalsParams
     primary_metric = "mean_angle"
     higher_is_better = False
-
-    def __init__(self, name: str = "normals", *, loss: str = "l1", eps: float = 1e-12):
-        super().__init__(name)
-        if loss not in ("l1", "cosine"):
-            raise ValueError(f"normals: loss must be one of 'l1', 'cosine', got {loss!r}")
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (0 < eps < 1):
-            raise ValueError(f"normals: eps must be a float in (0, 1), got {eps!r}")
-        self.loss_type = loss
-        self.eps = float(eps)
+    ignore_value = 0.0  # the zero vector
 
     @property
     def out_channels(self) -> int:
@@ -71,15 +88,38 @@ class Normals(MaskedDense):
         """Per pixel [B, 1, H, W]: finite and not the zero vector."""
         return torch.isfinite(target).all(dim=1, keepdim=True) & (target != 0).any(dim=1, keepdim=True)
 
+    def hflip(self, target: Tensor) -> Tensor:
+        """Mirrored map, x component negated."""
+        out = target.flip(-1)
+        out[0].neg_()
+        return out
+
+    def rotate(self, target: Tensor, angle: float) -> Tensor:
+        """(nx, ny) rotated with an image rotated by ``angle`` degrees (see the docstring)."""
+        a = math.radians(angle)
+        n = target
+        nx, ny = n[0] * math.cos(a) + n[1] * math.sin(a), n[1] * math.cos(a) - n[0] * math.sin(a)
+        return torch.stack([nx, ny, n[2]])
+
+    def resample(self, target: Tensor, warp: Warp, inside: Optional[Tensor] = None) -> Tensor:
+        """Bilinear and renormalised; zero where the nearest source vector is invalid or the
+        pixel comes from outside the image."""
+        valid = warp(self.valid_mask(target[None])[0].float(), "nearest") > 0.5
+        if inside is not None:
+            valid = valid & inside
+        n = F.normalize(warp(target, "bilinear"), dim=0)
+        return torch.where(valid, n, torch.zeros_like(n))
+
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         valid, gt = self._valid(pred, target)
         gt = gt.to(pred.dtype)
-        n_hat = F.normalize(pred, dim=1, eps=self.eps)
+        eps = self.params.eps
+        n_hat = F.normalize(pred, dim=1, eps=eps)
         n_valid = valid.sum().clamp_min(1).to(pred.dtype)
-        if self.loss_type == "l1":
+        if self.params.loss == "l1":
             err = torch.where(valid, (n_hat - gt).abs(), torch.zeros_like(pred))
             return err.sum() / (3 * n_valid)
-        cos = (n_hat * F.normalize(gt, dim=1, eps=self.eps)).sum(dim=1, keepdim=True)
+        cos = (n_hat * F.normalize(gt, dim=1, eps=eps)).sum(dim=1, keepdim=True)
         return torch.where(valid, 1 - cos, torch.zeros_like(cos)).sum() / n_valid
 
     def metric_state(self, device: torch.device | str = "cpu") -> Tensor:
@@ -115,16 +155,17 @@ class Normals(MaskedDense):
 
     def predict(self, pred: Tensor) -> Tensor:
         """Unit normal vectors."""
-        return F.normalize(pred, dim=1, eps=self.eps)
+        return F.normalize(pred, dim=1, eps=self.params.eps)
 
 
 def _hist_median(hist: Tensor, n: float) -> float:
-    """50% quantile of a 0.05-degree histogram, linear inside the bin that holds it."""
+    """numpy's median from a 0.05-degree histogram of n values: the mean of the order statistics
+    of ranks floor((n - 1) / 2) and floor(n / 2) (0-based), each estimated inside its bin at the
+    centre of its rank's share, (bin + (rank - count before + 0.5) / count in bin) * width."""
     cum = hist.cumsum(0)
-    half = n / 2.0
-    k = int(torch.searchsorted(cum, torch.tensor([half], dtype=cum.dtype)).item())
-    k = min(k, N_BINS - 1)
-    before = float(cum[k - 1]) if k > 0 else 0.0
-    in_bin = float(hist[k])
-    frac = (half - before) / in_bin if in_bin > 0 else 0.0
-    return (k + frac) * BIN_DEG
+    estimates = []
+    for rank in (math.floor((n - 1) / 2), math.floor(n / 2)):
+        b = min(int(torch.searchsorted(cum, torch.tensor([float(rank)], dtype=cum.dtype), right=True)), N_BINS - 1)
+        before = float(cum[b - 1]) if b > 0 else 0.0
+        estimates.append((b + (rank - before + 0.5) / float(hist[b])) * BIN_DEG)
+    return sum(estimates) / 2

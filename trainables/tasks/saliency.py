@@ -35,7 +35,7 @@ Metrics (state: float64, sum-reducible, two parts):
   F1 = 2 P R / (P + R) throughout (beta^2 = 1, as the survey code; the saliency literature's
   F_beta with beta^2 = 0.3 is not offered). An empty state gives NaN for every key.
 
-Hyper-parameters:
+Hyper-parameters (``SaliencyParams``):
     loss ("balanced" | "bce", default "balanced"): the training loss above.
     ignore_index (float outside [0, 1], default 255): target value of ignored pixels.
     num_bins (int >= 2, default 1000): histogram bins of maxf / ap.
@@ -46,71 +46,76 @@ Primary metric: ``maxf`` (or ``miou``), higher is better.
 """
 from __future__ import annotations
 
-import math
-from typing import Dict, Sequence
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from trainables.registry import register_task
-from trainables.tasks.base import Task
-from trainables.tasks.edge import Edge
+from trainables.tasks.edge import Edge, check_ignore_index, check_num_bins
+from trainables.tasks.masked import MaskedDense
 
 SURVEY_THRESHOLDS = tuple(round(0.2 + 0.05 * i, 10) for i in range(15))  # np.linspace(0.2, 0.9, 15)
 PRIMARY = ("maxf", "miou")
 
 
+@dataclass(frozen=True)
+class SaliencyParams:
+    """Parameters of ``saliency`` (see the module docstring)."""
+
+    loss: str = "balanced"
+    ignore_index: float = 255
+    num_bins: int = 1000
+    thresholds: Tuple[float, ...] = SURVEY_THRESHOLDS
+    primary: str = "maxf"
+
+    def __post_init__(self) -> None:
+        if self.loss not in ("balanced", "bce"):
+            raise ValueError(f"saliency: loss must be one of 'balanced', 'bce', got {self.loss!r}")
+        check_ignore_index("saliency", self.ignore_index)
+        check_num_bins("saliency", self.num_bins)
+        ts = self.thresholds
+        if (not isinstance(ts, (list, tuple)) or not ts
+                or any(isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < 1 for t in ts)):
+            raise ValueError(f"saliency: thresholds must be a non-empty list of floats in (0, 1), got {ts!r}")
+        object.__setattr__(self, "thresholds", tuple(float(t) for t in ts))
+        if self.primary not in PRIMARY:
+            raise ValueError(f"saliency: primary must be one of {', '.join(map(repr, PRIMARY))}, got {self.primary!r}")
+
+
 @register_task("saliency")
-class Saliency(Task):
+class Saliency(MaskedDense):
     """Saliency (balanced BCE; pixel-pooled maxF / AP and the survey's per-image mIoU)."""
 
-    kind = "dense"
+    Params = SaliencyParams
     primary_metric = "maxf"
     higher_is_better = True
 
-    def __init__(
-        self,
-        name: str = "saliency",
-        *,
-        loss: str = "balanced",
-        ignore_index: float = 255,
-        num_bins: int = 1000,
-        thresholds: Sequence[float] = SURVEY_THRESHOLDS,
-        primary: str = "maxf",
-    ):
-        super().__init__(name)
-        if loss not in ("balanced", "bce"):
-            raise ValueError(f"saliency: loss must be one of 'balanced', 'bce', got {loss!r}")
-        if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, float)) or (
-            not math.isfinite(ignore_index) or 0 <= ignore_index <= 1
-        ):
-            raise ValueError(f"saliency: ignore_index must be a finite number outside [0, 1], got {ignore_index!r}")
-        if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 2:
-            raise ValueError(f"saliency: num_bins must be an int >= 2, got {num_bins!r}")
-        ts = list(thresholds) if isinstance(thresholds, (list, tuple)) else None
-        if not ts or any(isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < 1 for t in ts):
-            raise ValueError(f"saliency: thresholds must be a non-empty list of floats in (0, 1), got {thresholds!r}")
-        if primary not in PRIMARY:
-            raise ValueError(f"saliency: primary must be one of {', '.join(map(repr, PRIMARY))}, got {primary!r}")
-        self.loss_type = loss
-        self.ignore_index = float(ignore_index)
-        self.num_bins = num_bins
-        self.thresholds = tuple(float(t) for t in ts)
-        self.primary_metric = primary  # per instance: the dataset chooses (see the docstring)
+    def __init__(self, name: Optional[str] = None, params=None, **kwargs):
+        super().__init__(name, params, **kwargs)
+        self.primary_metric = self.params.primary  # per instance: the dataset chooses (see the docstring)
         # The pixel-pooled half of the metric is edge.py's histogram state and code.
-        self._hist = Edge(name, ignore_index=self.ignore_index, num_bins=num_bins)
+        self._hist = Edge(self.name, ignore_index=self.params.ignore_index, num_bins=self.params.num_bins)
+
+    @property
+    def ignore_value(self) -> float:
+        return float(self.params.ignore_index)
+
+    def valid_mask(self, target: Tensor) -> Tensor:
+        return self._hist.valid_mask(target)
 
     @property
     def out_channels(self) -> int:
         return 1
 
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
-        valid, y = self._hist._valid(pred, target)
+        valid, y = self._valid(pred, target)
         y = (y >= 0.5).to(pred.dtype)
         n_valid = valid.sum().clamp_min(1).to(pred.dtype)
         pos_term, neg_term = y * F.logsigmoid(pred), (1 - y) * F.logsigmoid(-pred)
-        if self.loss_type == "balanced":
+        if self.params.loss == "balanced":
             w = ((1 - y) * valid).sum().to(pred.dtype) / n_valid  # fraction of negatives
             per_pixel = -(w * pos_term + (1 - w) * neg_term)
         else:
@@ -120,13 +125,14 @@ class Saliency(Task):
 
     def metric_state(self, device: torch.device | str = "cpu") -> Tensor:
         """[2 * num_bins histogram | n_images | sum IoU_t | sum P_t | sum R_t] (K = #thresholds)."""
-        return torch.zeros(2 * self.num_bins + 1 + 3 * len(self.thresholds), dtype=torch.float64, device=device)
+        size = 2 * self.params.num_bins + 1 + 3 * len(self.params.thresholds)
+        return torch.zeros(size, dtype=torch.float64, device=device)
 
     @torch.no_grad()
     def update_metric(self, state: Tensor, pred: Tensor, target: Tensor) -> None:
-        nb, k = self.num_bins, len(self.thresholds)
+        nb, k = self.params.num_bins, len(self.params.thresholds)
         self._hist.update_metric(state[: 2 * nb].view(2, nb), pred, target)
-        valid, y = self._hist._valid(pred, target)
+        valid, y = self._valid(pred, target)
         b = pred.shape[0]
         valid = valid.reshape(b, -1)
         gt = (y.reshape(b, -1) >= 0.5) & valid
@@ -134,7 +140,7 @@ class Saliency(Task):
         counted = valid.any(dim=1)
         n_gt = gt.sum(dim=1).double()
         iou, prec, rec = [], [], []
-        for t in self.thresholds:
+        for t in self.params.thresholds:
             hit = (prob > t) & valid
             tp = (hit & gt).sum(dim=1).double()
             n_hit = hit.sum(dim=1).double()
@@ -148,7 +154,7 @@ class Saliency(Task):
 
     def compute_metric(self, state: Tensor) -> Dict[str, float]:
         s = state.detach().to("cpu", torch.float64)
-        nb, k = self.num_bins, len(self.thresholds)
+        nb, k = self.params.num_bins, len(self.params.thresholds)
         pooled = self._hist.compute_metric(s[: 2 * nb].view(2, nb))
         out = {"maxf": pooled["odsf"], "ap": pooled["ap"]}
         n = float(s[2 * nb])

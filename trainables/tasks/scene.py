@@ -14,7 +14,7 @@ Metric state: [n, #top-1 correct, #top-k correct] in float64 with k = min(5, C):
 (the key stays ``top5`` when C < 5, where it is top-C = 100). Ties in the logits are broken
 by ``torch.topk``'s order. An empty state gives NaN for both keys.
 
-Hyper-parameters:
+Hyper-parameters (``SceneParams``):
     num_classes (int, >= 2): C, the number of classes.
     label_smoothing (float in [0, 1), default 0.0): cross-entropy label smoothing.
 
@@ -22,6 +22,7 @@ Primary metric: ``top1``, higher is better.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Dict
 
 import torch
@@ -32,27 +33,38 @@ from trainables.registry import register_task
 from trainables.tasks.base import Task
 
 
+@dataclass(frozen=True)
+class SceneParams:
+    """Parameters of ``scene`` (see the module docstring)."""
+
+    num_classes: int
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        c, ls = self.num_classes, self.label_smoothing
+        if isinstance(c, bool) or not isinstance(c, int) or c < 2:
+            raise ValueError(f"scene: num_classes must be an int >= 2, got {c!r}")
+        if isinstance(ls, bool) or not isinstance(ls, (int, float)) or not 0 <= ls < 1:
+            raise ValueError(f"scene: label_smoothing must be a float in [0, 1), got {ls!r}")
+
+
 @register_task("scene")
 class Scene(Task):
     """Image-level classification (cross-entropy; top-1 / top-5 accuracy)."""
 
+    Params = SceneParams
     kind = "image"
     primary_metric = "top1"
     higher_is_better = True
 
-    def __init__(self, name: str = "scene", *, num_classes: int, label_smoothing: float = 0.0):
-        super().__init__(name)
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"scene: num_classes must be an int >= 2, got {num_classes!r}")
-        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) or (
-            not 0 <= label_smoothing < 1
-        ):
-            raise ValueError(
-                f"scene: label_smoothing must be a float in [0, 1), got {label_smoothing!r}"
-            )
-        self.num_classes = num_classes
-        self.label_smoothing = float(label_smoothing)
-        self.k = min(5, num_classes)
+    @property
+    def num_classes(self) -> int:
+        return self.params.num_classes
+
+    @property
+    def k(self) -> int:
+        """The k of the top-k accuracy reported as ``top5``: min(5, C)."""
+        return min(5, self.params.num_classes)
 
     @property
     def out_channels(self) -> int:
@@ -70,7 +82,7 @@ class Scene(Task):
 
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         self._check(pred, target)
-        return F.cross_entropy(pred, target.long(), label_smoothing=self.label_smoothing)
+        return F.cross_entropy(pred, target.long(), label_smoothing=self.params.label_smoothing)
 
     def metric_state(self, device: torch.device | str = "cpu") -> Tensor:
         return torch.zeros(3, dtype=torch.float64, device=device)

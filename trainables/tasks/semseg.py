@@ -21,7 +21,7 @@ numbers are exact under a data-parallel SUM all-reduce.
 Target labels outside [0, C) other than ``ignore_index`` are not counted in the metric (the
 loss raises for them, as torch does). An empty state gives NaN for both keys.
 
-Hyper-parameters:
+Hyper-parameters (``SemSegParams``):
     num_classes (int, >= 2): C, the number of classes (channels of the head).
     ignore_index (int, default 255): target value that is ignored by loss and metric.
     class_weights (sequence of C floats >= 0, default None): per-class loss weights.
@@ -30,7 +30,8 @@ Primary metric: ``miou``, higher is better.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -40,43 +41,54 @@ from trainables.registry import register_task
 from trainables.tasks.base import Task
 
 
+@dataclass(frozen=True)
+class SemSegParams:
+    """Parameters of ``semseg`` (see the module docstring); ``task`` names the type in errors."""
+
+    num_classes: int
+    ignore_index: int = 255
+    class_weights: Optional[Tuple[float, ...]] = None
+    task: ClassVar[str] = "semseg"
+
+    def __post_init__(self) -> None:
+        c, ignore, w = self.num_classes, self.ignore_index, self.class_weights
+        if isinstance(c, bool) or not isinstance(c, int) or c < 2:
+            raise ValueError(f"{self.task}: num_classes must be an int >= 2, got {c!r}")
+        if isinstance(ignore, bool) or not isinstance(ignore, int):
+            raise ValueError(f"{self.task}: ignore_index must be an int, got {ignore!r}")
+        if 0 <= ignore < c:
+            raise ValueError(f"{self.task}: ignore_index must lie outside the class range [0, {c}), got {ignore}")
+        if w is not None:
+            weights = torch.as_tensor(list(w), dtype=torch.float32)
+            if weights.shape != (c,) or not torch.isfinite(weights).all() or (weights < 0).any():
+                raise ValueError(f"{self.task}: class_weights must be {c} finite floats >= 0, got {list(w)!r}")
+            object.__setattr__(self, "class_weights", tuple(float(x) for x in w))
+
+
 @register_task("semseg")
 class SemSeg(Task):
     """Semantic segmentation (cross-entropy; mIoU / pixel accuracy from a confusion matrix)."""
 
+    Params = SemSegParams
     kind = "dense"
     primary_metric = "miou"
     higher_is_better = True
 
-    def __init__(
-        self,
-        name: str = "semseg",
-        *,
-        num_classes: int,
-        ignore_index: int = 255,
-        class_weights: Optional[Sequence[float]] = None,
-    ):
-        super().__init__(name)
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"semseg: num_classes must be an int >= 2, got {num_classes!r}")
-        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-            raise ValueError(f"semseg: ignore_index must be an int, got {ignore_index!r}")
-        if 0 <= ignore_index < num_classes:
-            raise ValueError(
-                f"semseg: ignore_index must lie outside the class range [0, {num_classes}), "
-                f"got {ignore_index}"
-            )
-        self.num_classes = num_classes
-        self.ignore_index = ignore_index
-        self.class_weights: Optional[Tensor] = None
-        if class_weights is not None:
-            w = torch.as_tensor(list(class_weights), dtype=torch.float32)
-            if w.shape != (num_classes,) or not torch.isfinite(w).all() or (w < 0).any():
-                raise ValueError(
-                    f"semseg: class_weights must be {num_classes} finite floats >= 0, "
-                    f"got {list(class_weights)!r}"
-                )
-            self.class_weights = w
+    def __init__(self, name: Optional[str] = None, params=None, **kwargs):
+        super().__init__(name, params, **kwargs)
+        w = self.params.class_weights
+        self._weights = None if w is None else torch.tensor(w, dtype=torch.float32)
+
+    @property
+    def num_classes(self) -> int:
+        return self.params.num_classes
+
+    @property
+    def ignore_value(self) -> float:
+        return float(self.params.ignore_index)
+
+    def ignored(self, target: Tensor) -> Tensor:
+        return target == self.params.ignore_index
 
     @property
     def out_channels(self) -> int:
@@ -96,12 +108,12 @@ class SemSeg(Task):
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         self._check(pred, target)
         target = target.long()
-        per_pixel = F.cross_entropy(pred, target, ignore_index=self.ignore_index, reduction="none")
-        valid = target != self.ignore_index
-        if self.class_weights is None:
+        per_pixel = F.cross_entropy(pred, target, ignore_index=self.params.ignore_index, reduction="none")
+        valid = target != self.params.ignore_index
+        if self._weights is None:
             denom = valid.sum()
         else:
-            w = self.class_weights.to(device=pred.device, dtype=per_pixel.dtype)
+            w = self._weights.to(device=pred.device, dtype=per_pixel.dtype)
             per_pixel = per_pixel * w[torch.where(valid, target, 0)] * valid
             denom = (w[torch.where(valid, target, 0)] * valid).sum()
         # clamp: an all-ignored batch has sum 0 and gives 0 rather than 0/0 (no host sync).
