@@ -25,10 +25,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from trainables.models import build_model
+from trainables.build import build_balancer, build_model, build_tasks
+from trainables.plugins import Plugin, RunContext
 from trainables.registry import BALANCERS
 from trainables.steps import task_losses, training_step
-from trainables.train_loop import build_balancer, build_tasks
 
 TASKS = ["semseg", "depth", "normals"]
 TARGETS = {"loss": None, "representation": 1.3, "params": 1.8}
@@ -66,7 +66,7 @@ def naive_step(model, tasks, batch, optimizer) -> None:
 
 
 def level(balancer) -> str:
-    return balancer.grad_target if balancer.needs_task_grads else "loss"
+    return balancer.info.grad_target if balancer.info.needs_task_grads else "loss"
 
 
 def main() -> None:
@@ -79,15 +79,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
     device = torch.device(args.device)
-    tasks = build_tasks("synthetic", {"image_size": args.size}, TASKS)
+    tasks = build_tasks(Plugin("synthetic", {"image_size": args.size}), TASKS)
     torch.manual_seed(0)
-    base = build_model(tasks, "mtl_baseline", "tiny_cnn", {}, "conv", {}).to(device)
+    base = build_model(tasks).to(device)
     batch = make_batch(args.batch, args.size, device)
 
     runs = {}
     for name in BALANCERS.names():
         model = copy.deepcopy(base)
-        balancer = build_balancer(name, TASKS, {}, {"primary_task": TASKS[0], "seed": 0}).to(device)
+        balancer = build_balancer(name, TASKS, RunContext(primary_task=TASKS[0], seed=0)).to(device)
         optimizer = torch.optim.Adam(list(model.parameters()) + list(balancer.parameters()), lr=1e-4)
         runs[name] = (level(balancer), lambda m=model, b=balancer, o=optimizer: training_step(m, b, tasks, batch, o))
     model = copy.deepcopy(base)

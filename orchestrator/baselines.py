@@ -16,9 +16,11 @@ from collections import defaultdict
 from statistics import mean
 from typing import Callable, Dict, List, Optional, Sequence
 
+from orchestrator.results import best_setting
+from trainables.atomic import atomic_write
 from trainables.config import TrialConfig, stable_hash
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: configs name plug-ins as {name, params} and the model as one reference
 RESULT_FILE = "result.json"
 
 
@@ -107,17 +109,19 @@ def best_baselines(results: Sequence[dict], directions: Dict[str, bool]) -> Dict
     Returns task -> {"setting_hash", "val": {key: mean}, "test": {key: mean}} where keys are
     the task's "task/metric" entries.
     """
-    groups: Dict[tuple, List[dict]] = defaultdict(list)
+    by_task: Dict[str, List[tuple]] = defaultdict(list)  # task -> [(setting hash, result)]
     for r in results:
         if r["status"] == "completed":
             cfg = TrialConfig.from_dict(r["config"])
-            groups[(cfg.tasks[0], cfg.config_hash(exclude=("seed",)))].append(r)
+            by_task[cfg.tasks[0]].append((cfg.config_hash(exclude=("seed",)), r))
     best: Dict[str, dict] = {}
-    for (task, setting), runs in groups.items():
-        val_score = mean(r["metrics"]["val_score"] for r in runs)
-        if task not in best or val_score > best[task]["val_score"]:
-            best[task] = {"setting_hash": setting, "val_score": val_score,
-                          "val": _mean_metrics(runs, "val/", task), "test": _mean_metrics(runs, "test/", task)}
+    for task, runs in by_task.items():
+        setting = best_setting(runs, setting=lambda run: run[0], score=lambda run: run[1]["metrics"].get("val_score"))
+        if setting is None:
+            continue
+        chosen = [r for h, r in runs if h == setting]
+        best[task] = {"setting_hash": setting, "val": _mean_metrics(chosen, "val/", task),
+                      "test": _mean_metrics(chosen, "test/", task)}
     missing = sorted({k.split("/")[0] for k in directions} - set(best))
     if missing:
         raise RuntimeError(f"no single-task baseline finished for tasks {missing}; see the errors above")
@@ -134,8 +138,8 @@ def _setting(cfg: dict) -> str:
 
 
 def _write_json(path: str, obj: dict) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=1, default=float)
-    os.replace(tmp, path)
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as fh:
+            json.dump(obj, fh, indent=1, default=float)
+
+    atomic_write(path, write)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from typing import List, Optional
@@ -49,21 +48,37 @@ def _load(study: str):
     raise SystemExit(f"mtl run: {study!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor a spec file")
 
 
+# command-line flag (argparse dest) -> the spec field it overrides
+OVERRIDES = {"data_root": "dataset.root", "epochs": "train.epochs", "workers_per_trial": "resources.workers_per_trial",
+             "gpus_per_worker": "resources.gpus_per_worker"}
+
+
+def _override(spec, args):
+    """``spec`` with the flags given on the command line, checked like the spec itself; an error
+    names the spec field and the flag."""
+    from orchestrator.spec import SpecError, load_spec
+
+    given = {dest: field for dest, field in OVERRIDES.items() if getattr(args, dest) is not None}
+    if not given:
+        return spec
+    data = spec.to_dict()
+    for dest, field in given.items():
+        section, key = field.split(".")
+        data[section][key] = getattr(args, dest)
+    try:
+        return load_spec(data)
+    except SpecError as err:
+        flags = [f"--{dest.replace('_', '-')}" for dest, field in given.items() if str(err).startswith(field)]
+        raise SpecError(f"{err} (set by {', '.join(flags)})" if flags else str(err)) from None
+
+
 def cmd_run(args) -> int:
     from orchestrator.spec import SpecError
     from orchestrator.study import DEFAULT_STORAGE, run_study
-    from trainables.datasets.common import DataCheckError
+    from trainables.datasets.readers import DataCheckError
 
     try:
-        spec = _load(args.study)
-        if args.data_root:
-            spec = spec.replace(dataset=dataclasses.replace(spec.dataset, root=args.data_root))
-        if args.epochs:
-            spec = spec.replace(train=dataclasses.replace(spec.train, epochs=args.epochs))
-        overrides = {k: v for k, v in (("workers_per_trial", args.workers_per_trial),
-                                       ("gpus_per_worker", args.gpus_per_worker)) if v is not None}
-        if overrides:
-            spec = spec.replace(resources=dataclasses.replace(spec.resources, **overrides))
+        spec = _override(_load(args.study), args)
         run_study(spec, storage=args.storage or DEFAULT_STORAGE, smoke_run=args.smoke,
                   verbose=1 if args.verbose else 0)
     except SpecError as err:
@@ -96,7 +111,7 @@ def cmd_data(args) -> int:
     import json
 
     from orchestrator.data_check import check_dataset, parse_params
-    from trainables.datasets.common import DataCheckError
+    from trainables.datasets.readers import DataCheckError
     from trainables.registry import RegistryError
 
     try:
@@ -126,7 +141,22 @@ def cmd_list(args) -> int:
         registry = REGISTRIES[kind]
         for name in registry.names():
             print(f"  {name:<22} {registry.summary(name)}")
+            print(f"  {'':<22}   {_capabilities(registry.get(name))}")
     return 0
+
+
+def _capabilities(cls) -> str:
+    """A plug-in's parameters and, for balancers and architectures, what it needs / offers
+    with its default parameters (from ``info_for``; nothing is built)."""
+    from trainables.plugins import make_params
+    from trainables.schema import field_names
+
+    params = getattr(cls, "Params", None)
+    text = f"params: {', '.join(field_names(params)) or '(none)'}" if params else "params: (none)"
+    if params is not None and hasattr(cls, "info_for"):
+        word = "needs" if cls.plugin_kind == "balancer" else "offers"
+        text += f" | {word} (default params): {cls.info_for(make_params(params, {}, cls.label())).summary()}"
+    return text
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -1,88 +1,115 @@
 """From a study spec to experiments: validation against the registries, smoke shrinking,
 and the expansion into single-task baselines + multi-task experiments over the grid.
+
+``validate`` is the plan-time gate: every plug-in name and parameter, the capabilities of each
+balancer / architecture pair (``BalancerInfo`` / ``ArchitectureInfo``, read from class + params),
+the partial-label setting and the grid filters are checked before any data is read or Ray starts;
+each error is one ``SpecError`` line that names the field (and both plug-ins of a bad pair).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, TypeVar
 
 import torch
 
-import trainables  # noqa: F401  (registers the plug-ins)
 from orchestrator.spec import ExperimentSpec, LossWeightSearch, SpecError, StudySpec
 from search_spaces.survey_grid import select, survey_grid
+from trainables.build import (
+    architecture_info,
+    balancer_info,
+    build_balancer,
+    build_model,
+    build_tasks,
+    describe_dataset,
+)
 from trainables.complexity import count_flops, count_parameters
 from trainables.config import TrialConfig
 from trainables.datasets.base import DatasetInfo
-from trainables.models import build_model
-from trainables.registry import ARCHITECTURES, BACKBONES, BALANCERS, DATASETS, HEADS
-from trainables.train_loop import build_balancer, build_tasks
+from trainables.datasets.partial import check_labels
+from trainables.plugins import ModelRef, Plugin, RunContext
+from trainables.registry import ARCHITECTURES, BACKBONES, BALANCERS, DATASETS, HEADS, Registry
 
 SINGLE_TASK = "single_task"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class Experiment:
-    """One model of the study, to be trained on every grid setting x seed."""
+    """One model of the study, to be trained on every grid setting x seed.
+
+    ``base`` holds everything its trials share; ``trial_configs`` sets each grid setting and
+    seed on it. It becomes a plain dict only at the Tune boundary (``orchestrator/tuning.py``).
+    """
 
     name: str
     role: str                       # "single_task" | "multi_task"
-    base: Dict[str, Any]            # TrialConfig fields shared by its trials
+    base: TrialConfig
     settings: Tuple[dict, ...]      # grid settings ({"batch_size", "scheduler", "optimizer", "lr"})
     seeds: Tuple[int, ...]
     weight_search: Optional[LossWeightSearch] = None  # Optuna over fixed weights instead of the grid
 
     def trial_configs(self) -> List[TrialConfig]:
-        return [TrialConfig.from_dict({**self.base, "hp": s, "seed": seed})
-                for s in self.settings for seed in self.seeds]
+        return [dataclasses.replace(self.base, **s, seed=seed) for s in self.settings for seed in self.seeds]
 
 
 def validate(spec: StudySpec) -> DatasetInfo:
-    """Check every name and parameter of ``spec`` against the registries; no data is read."""
+    """Check every name, parameter and plug-in pair of ``spec`` against the registries; no data is read."""
     _known(DATASETS, spec.dataset.name, "dataset.name")
-    try:
-        info = DATASETS.get(spec.dataset.name).describe(**dict(spec.dataset.params))
-    except (TypeError, ValueError) as err:
-        raise SpecError(f"dataset.params: {err}") from None
+    info = _checked(lambda: describe_dataset(spec.dataset.plugin), "dataset.params")
     missing = [t for t in spec.tasks if t not in info.tasks]
     if missing:
         raise SpecError(f"tasks: {missing} not offered by dataset {spec.dataset.name!r}; it offers {sorted(info.tasks)}")
-    _known(BACKBONES, spec.backbone.name, "backbone.name")
-    _known(HEADS, spec.head.name, "head.name")
+    if spec.dataset.labels is not None:
+        try:
+            check_labels(spec.dataset.labels, list(spec.tasks))
+        except ValueError as err:  # its messages start with "labels.<key>:"
+            raise SpecError(f"dataset.{err}") from None
+    tasks = build_tasks(spec.dataset.plugin, spec.tasks)
     for i, exp in enumerate(spec.experiments):
         where = f"experiments[{i}]"
-        _known(ARCHITECTURES, exp.architecture.name, f"{where}.architecture.name")
+        model = exp.model(spec)
+        _known(ARCHITECTURES, model.architecture.name, f"{where}.architecture.name")
         _known(BALANCERS, exp.balancer.name, f"{where}.balancer.name")
-        if exp.backbone:
-            _known(BACKBONES, exp.backbone.name, f"{where}.backbone.name")
-        if exp.head:
-            _known(HEADS, exp.head.name, f"{where}.head.name")
-        try:
-            build_balancer(exp.balancer.name, spec.tasks, exp.balancer.params,
-                           run_defaults={"primary_task": exp.primary_task or spec.primary_task})
-        except (TypeError, ValueError) as err:
-            raise SpecError(f"{where}.balancer.params: {err}") from None
-        try:
-            with torch.device("meta"):  # builds the model without allocating it
-                build_model(build_tasks(spec.dataset.name, spec.dataset.params, spec.tasks), exp.architecture.name,
-                            *_model_plugins(spec, exp), dict(exp.architecture.params))
-        except (TypeError, ValueError) as err:
-            raise SpecError(f"{where}: cannot build the model: {err}") from None
+        _known(BACKBONES, model.backbone.name, f"{where}.backbone.name" if exp.backbone else "backbone.name")
+        _known(HEADS, model.head.name, f"{where}.head.name" if exp.head else "head.name")
+        arch = _checked(lambda: architecture_info(model.architecture), f"{where}.architecture.params")
+        needs = _checked(lambda: balancer_info(exp.balancer), f"{where}.balancer.params")
+        _check_pair(where, exp, arch, needs, len(spec.tasks))
+        context = RunContext(primary_task=exp.primary_task or spec.primary_task)
+        _checked(lambda: build_balancer(exp.balancer, spec.tasks, context), f"{where}.balancer.params")
+        with torch.device("meta"):  # builds the model without allocating it
+            _checked(lambda: build_model(tasks, model), f"{where}: cannot build the model")
     if not settings_of(spec, info):
         raise SpecError("search: the filters select none of the survey grid's 48 settings")
     return info
 
 
-def _known(registry, name: str, where: str) -> None:
+def _check_pair(where: str, exp: ExperimentSpec, arch, needs, n_tasks: int) -> None:
+    """Refuse a balancer / architecture pair (or task count) that could only fail inside a worker."""
+    a, b = exp.architecture.name, exp.balancer.name
+    if needs.grad_target == "representation" and not arch.has_shared_representation:
+        raise SpecError(f"{where}: balancer {b!r} balances gradients w.r.t. the shared representation, but "
+                        f"architecture {a!r} has no single shared representation; use an architecture that has "
+                        f"one (mtl list architecture) or a parameter-level balancer setting (mtl list balancer)")
+    if n_tasks > 1 and not arch.supports_multiple_tasks:
+        raise SpecError(f"{where}.architecture: {a!r} takes exactly one task, the study has {n_tasks}; "
+                        "single-task networks are trained as the study's baselines")
+
+
+def _checked(make: Callable[[], T], where: str) -> T:
+    """``make()``, with a ValueError / TypeError turned into a SpecError prefixed by ``where``."""
+    try:
+        return make()
+    except (TypeError, ValueError) as err:
+        raise SpecError(f"{where}: {err}") from None
+
+
+def _known(registry: Registry, name: str, where: str) -> None:
     if name not in registry:
         raise SpecError(f"{where}: unknown {registry.kind} {name!r}; valid: {', '.join(registry.names())}")
-
-
-def _model_plugins(spec: StudySpec, exp: ExperimentSpec) -> Tuple[str, dict, str, dict]:
-    backbone, head = exp.backbone or spec.backbone, exp.head or spec.head
-    return backbone.name, dict(backbone.params), head.name, dict(head.params)
 
 
 def settings_of(spec: StudySpec, info: DatasetInfo) -> List[dict]:
@@ -112,39 +139,36 @@ def smoke(spec: StudySpec) -> StudySpec:
     )
 
 
-def expand(spec: StudySpec, info: DatasetInfo, data_root: str | None) -> Tuple[List[Experiment], List[Experiment]]:
+def expand(spec: StudySpec, info: DatasetInfo, data_root: Optional[str]) -> Tuple[List[Experiment], List[Experiment]]:
     """(single-task baselines, multi-task experiments) of the study."""
-    settings = tuple(settings_of(spec, info))
-    common = dict(dataset=spec.dataset.name, data_root=data_root, dataset_params=dict(spec.dataset.params),
-                  epochs=spec.train.epochs, weight_decay=spec.train.weight_decay,
-                  max_steps_per_epoch=spec.train.max_steps_per_epoch, eval_batch_size=spec.train.eval_batch_size)
+    settings, seeds = tuple(settings_of(spec, info)), tuple(spec.train.seeds)
+    t = spec.train
+    common = TrialConfig(experiment="", tasks=spec.tasks, dataset=spec.dataset.plugin, data_root=data_root,
+                         epochs=t.epochs, weight_decay=t.weight_decay, max_steps_per_epoch=t.max_steps_per_epoch,
+                         eval_batch_size=t.eval_batch_size)
+    models = [e.model(spec) for e in spec.experiments]
+    encoders = {json.dumps([m.backbone.to_dict(), m.head.to_dict()], sort_keys=True) for m in models}
     baselines: Dict[str, Experiment] = {}
     experiments = []
-    pairs = {json.dumps(_model_plugins(spec, e), sort_keys=True) for e in spec.experiments}
-    for exp in spec.experiments:
-        backbone, backbone_params, head, head_params = _model_plugins(spec, exp)
-        models = dict(backbone=backbone, backbone_params=backbone_params, head=head, head_params=head_params)
+    for exp, model in zip(spec.experiments, models):
         for task in spec.tasks:
-            suffix = f"[{backbone}+{head}]" if len(pairs) > 1 else ""
+            suffix = f"[{model.backbone.name}+{model.head.name}]" if len(encoders) > 1 else ""
             name = f"{SINGLE_TASK}{suffix}/{task}"
+            single = ModelRef(Plugin(SINGLE_TASK), model.backbone, model.head)
             baselines.setdefault(name, Experiment(
-                name, SINGLE_TASK, {**common, **models, "experiment": name, "tasks": (task,),
-                                    "architecture": SINGLE_TASK, "balancer": "fixed"},
-                settings, spec.train.seeds))
+                name, SINGLE_TASK, dataclasses.replace(common, experiment=name, tasks=(task,), model=single),
+                settings, seeds))
         experiments.append(Experiment(
             exp.name, "multi_task",
-            {**common, **models, "experiment": exp.name, "tasks": tuple(spec.tasks),
-             "architecture": exp.architecture.name, "architecture_params": dict(exp.architecture.params),
-             "balancer": exp.balancer.name, "balancer_params": dict(exp.balancer.params),
-             "primary_task": exp.primary_task or spec.primary_task},
-            settings, spec.train.seeds, exp.weight_search))
+            dataclasses.replace(common, experiment=exp.name, model=model, balancer=exp.balancer,
+                                primary_task=exp.primary_task or spec.primary_task),
+            settings, seeds, exp.weight_search))
     return list(baselines.values()), experiments
 
 
-def complexity(cfg: TrialConfig, info: DatasetInfo) -> Tuple[int, float]:
-    """(#params, GMACs) of the model of ``cfg`` at the dataset's input size."""
-    tasks = build_tasks(cfg.dataset, cfg.dataset_params, cfg.tasks)
+def complexity(cfg: TrialConfig) -> Tuple[int, float]:
+    """(#params, GMACs) of the model of ``cfg`` at its dataset's input size."""
+    tasks = build_tasks(cfg.dataset, cfg.tasks)
     with torch.device("meta"):  # shapes only: counting a ResNet-50 at 480x640 is instant
-        model = build_model(tasks, cfg.architecture, cfg.backbone, dict(cfg.backbone_params), cfg.head,
-                            dict(cfg.head_params), dict(cfg.architecture_params))
-    return count_parameters(model), count_flops(model, info.input_size)["macs"] / 1e9
+        model = build_model(tasks, cfg.model)
+    return count_parameters(model), count_flops(model, describe_dataset(cfg.dataset).input_size)["macs"] / 1e9

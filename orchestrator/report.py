@@ -18,11 +18,10 @@ FORMATS = ("markdown", "csv", "latex")
 
 def _task_columns(rows: Sequence[Dict[str, Any]], primary_task: Optional[str]) -> List[tuple]:
     """[(task, metric, higher_is_better)] in table order (the primary task first)."""
-    from trainables.train_loop import build_tasks
+    from trainables.build import build_tasks
 
     widest = max(rows, key=lambda r: len(r["tasks"]))
-    cfg = json.loads(widest["config_json"])
-    tasks = build_tasks(cfg["dataset"], cfg["dataset_params"], widest["tasks"])
+    tasks = build_tasks(json.loads(widest["config_json"])["dataset"], widest["tasks"])
     order = sorted(tasks, key=lambda t: t != primary_task)
     return [(t, tasks[t].primary_metric, tasks[t].higher_is_better) for t in order]
 

@@ -1,4 +1,5 @@
-"""The results store: one Parquet row per finished trial. The schema lives here only.
+"""The results store: one Parquet row per finished trial. The schema lives here only, and so
+does ``best_setting``, the one rule that picks a model's (or a baseline's) setting on val.
 
 Rows are written per experiment into ``<study_dir>/results/<run_id>/<experiment>.parquet``
 (write to a temporary file, then rename: a crash never leaves a half-written file) and the
@@ -8,11 +9,17 @@ stay in ``results/``.
 from __future__ import annotations
 
 import json
+import math
 import os
-from typing import Any, Dict, Iterable, List
+from statistics import mean
+from typing import Any, Callable, Dict, Hashable, Iterable, List, Optional, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from trainables.atomic import atomic_write
+
+T = TypeVar("T")
 
 METRICS = pa.map_(pa.string(), pa.float64())
 
@@ -68,11 +75,8 @@ def _cell(row: Dict[str, Any], name: str) -> Any:
 
 def write_rows(rows: List[Dict[str, Any]], path: str) -> str:
     """Write rows to ``path`` atomically; returns the path."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    pq.write_table(make_table(rows), tmp)
-    os.replace(tmp, path)
-    return path
+    table = make_table(rows)
+    return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def read_rows(path: str) -> List[Dict[str, Any]]:
@@ -98,3 +102,21 @@ def read_rows(path: str) -> List[Dict[str, Any]]:
 
 def config_of(row: Dict[str, Any]) -> Dict[str, Any]:
     return json.loads(row["config_json"])
+
+
+def best_setting(runs: Iterable[T], setting: Callable[[T], Hashable],
+                 score: Callable[[T], Optional[float]]) -> Optional[Hashable]:
+    """The setting whose runs have the highest mean validation score over seeds, or None.
+
+    The one selection rule of the product, for single-task baselines (score: the primary val
+    metric, signed so higher is better) and for models (score: val Delta_m) alike. Runs without
+    a score are left out; a setting with a non-finite score on any seed (a diverged run) is never
+    chosen. Test metrics are never looked at. Ties: the first setting.
+    """
+    groups: Dict[Hashable, List[float]] = {}
+    for run in runs:
+        value = score(run)
+        if value is not None:
+            groups.setdefault(setting(run), []).append(float(value))
+    finite = {key: values for key, values in groups.items() if all(math.isfinite(v) for v in values)}
+    return max(finite, key=lambda key: mean(finite[key])) if finite else None

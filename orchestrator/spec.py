@@ -1,39 +1,49 @@
 """Study specs: YAML -> frozen dataclasses, validated before Ray starts.
 
 A bad field raises ``SpecError`` whose message starts with the field's path (e.g.
-``experiments[1].balancer.name``) and says what is allowed. ``validate`` also checks every
-plug-in name against its registry and every task against the dataset, without touching data.
+``experiments[1].balancer.name``) and says what is allowed. The structure is checked here (by
+``trainables/schema.py``, the converter every typed structure of the product shares); plug-in
+names, their parameters and the capabilities of each balancer/architecture pair are checked
+against the registries by ``orchestrator/plan.py``'s ``validate``, still without touching data.
+Plug-ins are ``Plugin`` references (``trainables/plugins.py``), the type the whole product uses.
 """
 from __future__ import annotations
 
 import dataclasses
-import typing
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import yaml
 
+from trainables.optim import OPTIMIZERS, SCHEDULERS
+from trainables.plugins import ModelRef, Plugin
+from trainables.schema import ConfigError, from_plain, to_plain
 
-class SpecError(ValueError):
+__all__ = ["DatasetSpec", "ExperimentSpec", "LossWeightSearch", "Plugin", "ResourcesSpec", "SearchSpec", "SpecError",
+           "StudySpec", "TrainSpec", "load_spec"]
+
+
+class SpecError(ConfigError):
     """A study spec is invalid; the message names the field and the fix."""
 
 
 @dataclass(frozen=True)
-class Plugin:
-    """A plug-in by registry name with its keyword arguments."""
-
-    name: str
-    params: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
 class DatasetSpec:
+    """The study's dataset: a plug-in with its parameters, its folder, and optional partial labels.
+
+    ``labels`` (JTR / MTPSL settings), e.g. {"setting": "onelabel", "seed": 0} or
+    {"weights_file": "path/to/onelabel.pth"}; see trainables/datasets/partial.py.
+    """
+
     name: str = "synthetic"
     root: Optional[str] = None  # None: the embedded synthetic data's cache; else a data root
     params: Mapping[str, Any] = field(default_factory=dict)
-    # Partial labels (JTR / MTPSL settings), e.g. {"setting": "onelabel", "seed": 0} or
-    # {"weights_file": "path/to/onelabel.pth"}; see trainables/datasets/partial.py.
     labels: Optional[Mapping[str, Any]] = None
+
+    @property
+    def plugin(self) -> Plugin:
+        return Plugin(self.name, self.params)
 
 
 @dataclass(frozen=True)
@@ -81,6 +91,10 @@ class ExperimentSpec:
     weight_search: Optional[LossWeightSearch] = None
     primary_task: Optional[str] = None
 
+    def model(self, study: "StudySpec") -> ModelRef:
+        """This experiment's model: its architecture on its (or else the study's) backbone and head."""
+        return ModelRef(self.architecture, self.backbone or study.backbone, self.head or study.head)
+
 
 @dataclass(frozen=True)
 class SearchSpec:
@@ -98,6 +112,23 @@ class SearchSpec:
     grace_period: int = 1
     reduction_factor: int = 3
 
+    def __post_init__(self):
+        for name, vocabulary in (("schedulers", SCHEDULERS), ("optimizers", OPTIMIZERS)):
+            for i, value in enumerate(getattr(self, name) or ()):
+                if value not in vocabulary:
+                    raise SpecError(f"{name}[{i}]: {value!r} is not one of {', '.join(vocabulary)}")
+        for i, b in enumerate(self.batch_sizes or ()):
+            if b < 1:
+                raise SpecError(f"batch_sizes[{i}]: {b} must be >= 1")
+        for i, lr in enumerate(self.lrs or ()):
+            if not (math.isfinite(lr) and lr > 0):
+                raise SpecError(f"lrs[{i}]: {lr} must be a positive number")
+        if self.max_settings is not None and self.max_settings < 1:
+            raise SpecError(f"max_settings: {self.max_settings} must be >= 1 or null")
+        if self.grace_period < 1 or self.reduction_factor < 2:
+            raise SpecError(f"grace_period / reduction_factor: need grace_period >= 1 and reduction_factor >= 2, "
+                            f"got {self.grace_period} and {self.reduction_factor}")
+
 
 @dataclass(frozen=True)
 class TrainSpec:
@@ -106,6 +137,21 @@ class TrainSpec:
     weight_decay: float = 1e-4
     max_steps_per_epoch: Optional[int] = None
     eval_batch_size: int = 64
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise SpecError(f"epochs: {self.epochs} must be >= 1")
+        if not self.seeds:
+            raise SpecError("seeds: give at least one seed")
+        bad = [s for s in self.seeds if s < 0]
+        if bad or len(set(self.seeds)) != len(self.seeds):
+            raise SpecError(f"seeds: {list(self.seeds)} must be distinct integers >= 0")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise SpecError(f"weight_decay: {self.weight_decay} must be a number >= 0")
+        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
+            raise SpecError(f"max_steps_per_epoch: {self.max_steps_per_epoch} must be >= 1 or null")
+        if self.eval_batch_size < 1:
+            raise SpecError(f"eval_batch_size: {self.eval_batch_size} must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -117,6 +163,20 @@ class ResourcesSpec:
     gpus_per_worker: float = 0
     max_concurrent_trials: Optional[int] = None  # None: as many as the cluster's CPUs/GPUs allow
     baseline_actors: Optional[int] = None  # None: as many as fit
+
+    def __post_init__(self):
+        if self.workers_per_trial < 1:
+            raise SpecError(f"workers_per_trial: {self.workers_per_trial} must be >= 1")
+        for name in ("cpus_per_worker", "gpus_per_worker"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise SpecError(f"{name}: {value} must be a number >= 0")
+        if self.cpus_per_worker == 0 and self.gpus_per_worker == 0:
+            raise SpecError("cpus_per_worker / gpus_per_worker: a worker needs a CPU or a GPU; set one > 0")
+        for name in ("max_concurrent_trials", "baseline_actors"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise SpecError(f"{name}: {value} must be >= 1 or null")
 
 
 @dataclass(frozen=True)
@@ -140,6 +200,9 @@ class StudySpec:
             raise SpecError("tasks: list at least one task")
         if len(set(self.tasks)) != len(self.tasks):
             raise SpecError(f"tasks: duplicates in {list(self.tasks)}")
+        if not self.experiments:
+            raise SpecError("experiments: list at least one experiment, e.g. "
+                            "[{name: mtl_baseline, architecture: mtl_baseline, balancer: fixed}]")
         names = [e.name for e in self.experiments]
         if len(set(names)) != len(names):
             raise SpecError(f"experiments: duplicate experiment names in {names}")
@@ -151,87 +214,14 @@ class StudySpec:
             if exp.weight_search is not None and exp.balancer.name != "fixed":
                 raise SpecError(f"experiments[{i}].weight_search: searches the 'fixed' balancer's weights; "
                                 f"this experiment uses balancer {exp.balancer.name!r}")
-        if self.train.epochs < 1:
-            raise SpecError(f"train.epochs: {self.train.epochs} must be >= 1")
-        if not self.train.seeds:
-            raise SpecError("train.seeds: give at least one seed")
-        if self.resources.cpus_per_worker <= 0 and self.resources.gpus_per_worker <= 0:
-            raise SpecError("resources: a worker needs cpus_per_worker > 0 or gpus_per_worker > 0")
-        if self.resources.workers_per_trial < 1:
-            raise SpecError(f"resources.workers_per_trial: {self.resources.workers_per_trial} must be >= 1")
         if self.search.asha and self.search.grace_period > self.train.epochs:
             raise SpecError(f"search.grace_period: {self.search.grace_period} exceeds train.epochs {self.train.epochs}")
 
     def to_dict(self) -> Dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
+        return to_plain(self)
 
     def replace(self, **changes) -> "StudySpec":
         return dataclasses.replace(self, **changes)
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
-
-
-def from_dict(cls, data: Any, path: str = ""):
-    """Build dataclass ``cls`` from plain data, naming the field path of any error."""
-    where = path or cls.__name__
-    if isinstance(data, str) and cls is Plugin:  # shorthand: "fixed" == {name: fixed}
-        data = {"name": data}
-    if not isinstance(data, Mapping):
-        raise SpecError(f"{where}: expected a mapping, got {type(data).__name__} {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise SpecError(f"{_join(path, unknown[0])}: unknown field; valid fields here: {sorted(fields)}")
-    kwargs = {}
-    for name, value in data.items():
-        kwargs[name] = _convert(hints[name], value, _join(path, name))
-    missing = [n for n, f in fields.items() if n not in kwargs
-               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    if missing:
-        raise SpecError(f"{_join(path, missing[0])}: required field is missing")
-    try:
-        return cls(**kwargs)
-    except SpecError as err:
-        raise SpecError(f"{path + '.' if path else ''}{err}") from None
-
-
-def _join(path: str, name: str) -> str:
-    return f"{path}.{name}" if path else name
-
-
-def _convert(hint, value, path):
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is typing.Union:  # Optional[X]
-        if value is None:
-            return None
-        hint = next(a for a in args if a is not type(None))
-        origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value, path)
-    if origin is tuple:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            value = [value]
-        if not isinstance(value, (list, tuple)):
-            raise SpecError(f"{path}: expected a list, got {value!r}")
-        return tuple(_convert(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
-    if origin in (Mapping, dict, typing.Mapping) or hint in (dict, Mapping):
-        if not isinstance(value, Mapping):
-            raise SpecError(f"{path}: expected a mapping, got {value!r}")
-        return dict(value)
-    if hint is Any:
-        return value
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint in (int, float, str, bool) and not (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
-        raise SpecError(f"{path}: expected {hint.__name__}, got {value!r}")
-    return value
 
 
 def load_spec(source: Any) -> StudySpec:
@@ -246,5 +236,10 @@ def load_spec(source: Any) -> StudySpec:
             raise SpecError(f"cannot read study spec {source!r}: {err.strerror}") from None
         except yaml.YAMLError as err:
             raise SpecError(f"{source}: not valid YAML: {err}") from None
-        return from_dict(StudySpec, data or {})
-    return from_dict(StudySpec, source)
+        source = data or {}
+    try:
+        return from_plain(StudySpec, source, "")
+    except SpecError:
+        raise
+    except ConfigError as err:
+        raise SpecError(str(err)) from None

@@ -9,20 +9,18 @@ import datetime
 import json
 import os
 import time
-from collections import defaultdict
-from statistics import mean
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List
 
 from orchestrator import baselines as bl
 from orchestrator import report, results
-from orchestrator.plan import SINGLE_TASK, Experiment, complexity, expand, smoke, validate
+from orchestrator.plan import Experiment, complexity, expand, smoke, validate
 from orchestrator.ray_env import cluster_resources, start_ray
 from orchestrator.spec import SpecError, StudySpec
 from orchestrator.tuning import check_fits, run_experiment, slots
+from trainables.build import build_dataset, build_tasks, primary_directions
 from trainables.config import TrialConfig
 from trainables.delta import delta_m
 from trainables.registry import DATASETS
-from trainables.train_loop import build_tasks, primary_directions
 
 DEFAULT_STORAGE = "mtl_runs"
 
@@ -33,7 +31,7 @@ def run_study(spec: StudySpec, storage: str = DEFAULT_STORAGE, smoke_run: bool =
     t0 = time.time()
     if smoke_run:
         spec = smoke(spec)
-    info = validate(spec)  # names, params, tasks: before any data or Ray work
+    info = validate(spec)  # names, params, plug-in pairs, labels: before any data or Ray work
     if "://" in storage:
         raise SpecError(f"--storage {storage!r}: object-store URIs are not supported yet; give a filesystem "
                         "path that every node sees (a local folder, or an NFS/EFS mount on a cluster)")
@@ -48,12 +46,14 @@ def run_study(spec: StudySpec, storage: str = DEFAULT_STORAGE, smoke_run: bool =
     if spec.dataset.labels:  # one label file for every model of the study
         from trainables.datasets.partial import materialize
 
-        train_set = DATASETS.get(spec.dataset.name)(root=data_root, split="train", tasks=list(spec.tasks),
-                                                    augment=False, **dict(spec.dataset.params))
-        label_file = materialize(study_dir, len(train_set), list(spec.tasks), dict(spec.dataset.labels))
+        train_set = build_dataset(spec.dataset.plugin, data_root, "train", spec.tasks)
+        try:
+            label_file = materialize(study_dir, len(train_set), list(spec.tasks), dict(spec.dataset.labels))
+        except ValueError as err:  # e.g. a weights file with fewer rows than the training split
+            raise SpecError(f"dataset.labels: {err}") from None
         log(f"partial labels {dict(spec.dataset.labels)}: {label_file}")
-        single = [dataclasses.replace(e, base={**e.base, "label_file": label_file}) for e in single]
-        multi = [dataclasses.replace(e, base={**e.base, "label_file": label_file}) for e in multi]
+        single = [dataclasses.replace(e, base=dataclasses.replace(e.base, label_file=label_file)) for e in single]
+        multi = [dataclasses.replace(e, base=dataclasses.replace(e.base, label_file=label_file)) for e in multi]
     log(f"{len(single[0].settings)} grid setting(s) x {len(spec.train.seeds)} seed(s) per model; "
         f"{len(single)} single-task baseline model(s)")
 
@@ -72,8 +72,7 @@ def run_study(spec: StudySpec, storage: str = DEFAULT_STORAGE, smoke_run: bool =
     base_results = bl.ensure_baselines(
         [c for e in single for c in e.trial_configs()], cache_dir, actors,
         {"num_cpus": res.cpus_per_worker, "num_gpus": res.gpus_per_worker}, log)
-    tasks = build_tasks(spec.dataset.name, spec.dataset.params, spec.tasks)
-    directions = primary_directions(tasks)
+    directions = primary_directions(build_tasks(spec.dataset.plugin, spec.tasks))
     best = bl.best_baselines(base_results, directions)
     baseline_val = {k: best[k.split("/")[0]]["val"][k] for k in directions}
     baseline_test = {k: best[k.split("/")[0]]["test"][k] for k in directions}
@@ -82,18 +81,19 @@ def run_study(spec: StudySpec, storage: str = DEFAULT_STORAGE, smoke_run: bool =
     rows: List[Dict[str, Any]] = []
     complexity_cache: Dict[str, tuple] = {}
     for exp in single:
-        exp_rows = [_row(r, exp, common, complexity_cache, info, directions, baseline_val, baseline_test)
+        exp_rows = [_row(r, exp, common, complexity_cache, directions, baseline_val, baseline_test)
                     for r in base_results if r["config"]["experiment"] == exp.name]
-        task = exp.base["tasks"][0]
+        task = exp.base.tasks[0]
         for row in exp_rows:
             row["selected"] = row["setting_hash"] == best[task]["setting_hash"] and row["status"] == "completed"
         rows += _write(exp_rows, run_dir, exp.name)
 
-    extra = {"baseline_val": baseline_val, "baseline_test": baseline_test}
     for exp in multi:
         log(f"experiment {exp.name}: {len(exp.settings) * len(exp.seeds)} trial(s) through Ray Tune")
-        outcomes = run_experiment(exp, spec.search, res, os.path.join(study_dir, "tune"), cluster, extra, verbose)
-        exp_rows = [_row(o, exp, common, complexity_cache, info, directions, baseline_val, baseline_test)
+        exp = dataclasses.replace(exp, base=dataclasses.replace(exp.base, baseline_val=baseline_val,
+                                                                baseline_test=baseline_test))
+        outcomes = run_experiment(exp, spec.search, res, os.path.join(study_dir, "tune"), cluster, verbose)
+        exp_rows = [_row(o, exp, common, complexity_cache, directions, baseline_val, baseline_test)
                     for o in outcomes]
         _select(exp_rows)
         rows += _write(exp_rows, run_dir, exp.name)
@@ -108,22 +108,22 @@ def run_study(spec: StudySpec, storage: str = DEFAULT_STORAGE, smoke_run: bool =
     return {"results": path, "rows": rows, "table": table, "wall_time_s": wall, "study_dir": study_dir}
 
 
-def _row(outcome: dict, exp: Experiment, common: dict, cache: dict, info, directions: Dict[str, bool],
+def _row(outcome: dict, exp: Experiment, common: dict, cache: dict, directions: Dict[str, bool],
          baseline_val: Dict[str, float], baseline_test: Dict[str, float]) -> Dict[str, Any]:
+    # the row's config leaves out the baselines' numbers: they are the row's delta_baseline
     cfg = TrialConfig.from_dict({k: v for k, v in outcome["config"].items()
                                  if k not in ("baseline_val", "baseline_test")})
     metrics = outcome["metrics"]
     keys = {k: d for k, d in directions.items() if k.split("/")[0] in cfg.tasks}
     val = {k[4:]: v for k, v in metrics.items() if k.startswith("val/")}
     test = {k[5:]: v for k, v in metrics.items() if k.startswith("test/")}
-    model_key = json.dumps([cfg.architecture, cfg.tasks, cfg.backbone, cfg.backbone_params, cfg.head,
-                            cfg.head_params, cfg.architecture_params], sort_keys=True, default=str)
+    model_key = json.dumps([cfg.model.to_dict(), cfg.tasks, cfg.dataset.to_dict()], sort_keys=True, default=str)
     if model_key not in cache:
-        cache[model_key] = complexity(cfg, info)
+        cache[model_key] = complexity(cfg)
     params, gmacs = cache[model_key]
     has = lambda m: all(k in m for k in keys)  # noqa: E731
     return dict(
-        common, experiment=exp.name, role=exp.role, architecture=cfg.architecture, balancer=cfg.balancer,
+        common, experiment=exp.name, role=exp.role, architecture=cfg.model.architecture.name, balancer=cfg.balancer.name,
         tasks=list(cfg.tasks), trial_id=outcome.get("trial_id", ""),
         config_json=json.dumps(cfg.to_dict(), sort_keys=True), config_hash=cfg.config_hash(),
         setting_hash=cfg.config_hash(exclude=("seed",)), seed=cfg.seed, val_metrics=val, test_metrics=test,
@@ -136,12 +136,9 @@ def _row(outcome: dict, exp: Experiment, common: dict, cache: dict, info, direct
 
 def _select(rows: List[Dict[str, Any]]) -> None:
     """Mark the setting with the best mean validation Delta_m over its seeds (never test)."""
-    groups = defaultdict(list)
-    for row in rows:
-        if row["status"] == "completed" and row["val_delta_m"] is not None:
-            groups[row["setting_hash"]].append(row["val_delta_m"])
-    if groups:
-        best = max(groups, key=lambda h: mean(groups[h]))
+    best = results.best_setting([r for r in rows if r["status"] == "completed"],
+                                setting=lambda r: r["setting_hash"], score=lambda r: r["val_delta_m"])
+    if best is not None:
         for row in rows:
             row["selected"] = row["setting_hash"] == best and row["status"] == "completed"
 

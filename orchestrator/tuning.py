@@ -86,7 +86,7 @@ def _run_trial(config: Dict[str, Any], scaling: Dict[str, Any], storage_path: st
 
 
 def run_experiment(exp: Experiment, search: SearchSpec, resources: ResourcesSpec, storage_path: str,
-                   cluster: Dict[str, float], extra_config: Dict[str, Any], verbose: int = 0) -> List[Dict[str, Any]]:
+                   cluster: Dict[str, float], verbose: int = 0) -> List[Dict[str, Any]]:
     """Run every grid setting x seed of ``exp`` as Tune trials; one outcome dict per trial."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -101,18 +101,17 @@ def run_experiment(exp: Experiment, search: SearchSpec, resources: ResourcesSpec
     trainable = tune.with_resources(
         tune.with_parameters(_run_trial, scaling=scaling, storage_path=storage_path),
         {"cpu": 0, "memory": DRIVER_MEMORY_BYTES})
+    base = exp.base.to_dict()  # the Tune boundary: typed config -> plain dict
     search_alg, num_samples = None, 1
     if exp.weight_search:  # Optuna TPE over the weights (and the grid setting), first seed
-        param_space = {**exp.base, **extra_config, "seed": exp.seeds[0]}
-        search_alg = make_searcher(exp.base["tasks"], exp.settings, exp.weight_search,
-                                   exp.base.get("balancer_params", {}), METRIC, MODE)
+        param_space = {**base, "seed": exp.seeds[0]}
+        search_alg = make_searcher(exp.base.tasks, exp.settings, exp.weight_search, exp.base.balancer, METRIC, MODE)
         num_samples = exp.weight_search.num_samples
     else:  # the survey grid x seeds, as Tune's own grid
-        param_space = {**exp.base, **extra_config,
-                       "hp": tune.grid_search(list(exp.settings)), "seed": tune.grid_search(list(exp.seeds))}
+        param_space = {**base, "hp": tune.grid_search(list(exp.settings)), "seed": tune.grid_search(list(exp.seeds))}
     scheduler = None
     if search.asha:
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=exp.base["epochs"],
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=exp.base.epochs,
                                   grace_period=search.grace_period, reduction_factor=search.reduction_factor)
     tuner = tune.Tuner(
         trainable,

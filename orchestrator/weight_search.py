@@ -1,9 +1,9 @@
 """Optuna TPE over the fixed balancer's task weights (and the grid setting), for Ray Tune.
 
 The space is define-by-run: per trial, Optuna suggests a grid-setting index and one number per
-task; the function returns the resolved ``hp`` and ``balancer_params`` as constants, which Tune
-merges into the trial's config. Optuna's raw suggestions carry the ``_opt_`` prefix and are
-dropped before the config becomes a TrialConfig.
+task; the function returns the resolved ``hp`` and ``balancer`` (the base balancer with the
+suggested weights) as constants, which Tune merges into the trial's config. Optuna's raw
+suggestions carry the ``_opt_`` prefix and are dropped before the config becomes a TrialConfig.
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import math
 from typing import Any, Dict, Mapping, Sequence
 
 from orchestrator.spec import LossWeightSearch
+from trainables.plugins import Plugin
 
 RAW_PREFIX = "_opt_"
 
@@ -25,10 +26,9 @@ def simplex_weights(uniforms: Sequence[float]) -> list:
 class WeightSpace:
     """The define-by-run function for ``OptunaSearch(space=...)`` (a class: Tune pickles it)."""
 
-    def __init__(self, tasks: Sequence[str], settings: Sequence[dict], ws: LossWeightSearch,
-                 base_params: Mapping[str, Any]):
+    def __init__(self, tasks: Sequence[str], settings: Sequence[dict], ws: LossWeightSearch, balancer: Plugin):
         self.tasks, self.settings = list(tasks), [dict(s) for s in settings]
-        self.ws, self.base_params = ws, dict(base_params)
+        self.ws, self.balancer = ws, balancer
 
     def __call__(self, trial) -> Dict[str, Any]:
         ws = self.ws
@@ -37,16 +37,16 @@ class WeightSpace:
             weights = simplex_weights([trial.suggest_float(f"{RAW_PREFIX}u_{t}", 1e-6, 1.0) for t in self.tasks])
         else:
             weights = [trial.suggest_float(f"{RAW_PREFIX}w_{t}", ws.low, ws.high, log=True) for t in self.tasks]
-        return {"hp": self.settings[index],
-                "balancer_params": {**self.base_params, "weights": dict(zip(self.tasks, weights))}}
+        params = {**self.balancer.params, "weights": dict(zip(self.tasks, weights))}
+        return {"hp": self.settings[index], "balancer": Plugin(self.balancer.name, params).to_dict()}
 
 
-def make_searcher(tasks: Sequence[str], settings: Sequence[dict], ws: LossWeightSearch,
-                  base_params: Mapping[str, Any], metric: str, mode: str):
+def make_searcher(tasks: Sequence[str], settings: Sequence[dict], ws: LossWeightSearch, balancer: Plugin,
+                  metric: str, mode: str):
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    return OptunaSearch(space=WeightSpace(tasks, settings, ws, base_params), metric=metric, mode=mode,
+    return OptunaSearch(space=WeightSpace(tasks, settings, ws, balancer), metric=metric, mode=mode,
                         sampler=optuna.samplers.TPESampler(seed=ws.seed))
 
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence
 
+from trainables.optim import OPTIMIZERS, SCHEDULERS
+
+# initial learning rates per optimiser (the vocabulary of optimisers and schedulers is trainables/optim.py's)
 LEARNING_RATES: Dict[str, tuple] = {
     "adam": (2e-4, 1e-4, 5e-5, 1e-5),
     "sgd": (5e-2, 1e-2, 5e-3, 1e-3),
 }
-SCHEDULERS = ("poly", "step")
+assert tuple(LEARNING_RATES) == OPTIMIZERS, "every optimiser of the grid has its learning rates"
 
 
 def survey_grid(batch_sizes: Sequence[int]) -> List[dict]:

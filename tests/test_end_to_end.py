@@ -41,7 +41,7 @@ def test_rows_carry_config_metrics_delta_params_flops(first_run):
     assert len(single) == 4 and len(multi) == 2  # 2 tasks x 2 settings; 2 Tune trials
     for r in rows:
         cfg = json.loads(r["config_json"])
-        assert cfg["dataset"] == "synthetic" and r["config_hash"] and r["params"] > 0 and r["flops_g"] > 0
+        assert cfg["dataset"]["name"] == "synthetic" and r["config_hash"] and r["params"] > 0 and r["flops_g"] > 0
         assert r["status"] in ("completed", "stopped"), r["error"]
     done = [r for r in multi if r["status"] == "completed"]
     assert done, "no multi-task trial completed"
@@ -90,7 +90,7 @@ def test_loss_weight_search_through_optuna(first_run):
         {"name": "fixed_tpe", "balancer": "fixed", "weight_search": {"num_samples": 2, "seed": 0}}]}).experiments)
     out = run_study(tpe, storage=str(storage), log=lambda _: None)
     multi = [r for r in out["rows"] if r["role"] == "multi_task"]
-    weights = [json.loads(r["config_json"])["balancer_params"]["weights"] for r in multi]
+    weights = [json.loads(r["config_json"])["balancer"]["params"]["weights"] for r in multi]
     assert len(multi) == 2 and weights[0] != weights[1]
     assert all(set(w) == {"semseg", "depth"} and all(0.1 <= v <= 10 for v in w.values()) for w in weights)
     best = [r for r in multi if r["selected"]]

@@ -1,21 +1,22 @@
 """TrialConfig: everything one training run needs, as a frozen dataclass.
 
 Tune's ``config`` dicts and the single-task actor's jobs are turned into a ``TrialConfig`` at
-once (``TrialConfig.from_dict``); ``__post_init__`` rejects bad values with the field's name
-and what is allowed. Plug-in parameters stay plain dicts here: each plug-in validates its own
-typed keyword arguments when it is built.
+once (``TrialConfig.from_dict``, through ``trainables/schema.py``): an unknown key, a wrong type
+or a bad value is an error naming the field. Plug-ins are ``Plugin`` references and the model is
+one ``ModelRef``, the same types the study spec and the builders use; each plug-in checks its
+parameters against its own ``Params`` dataclass when it is built.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-OPTIMIZERS = ("adam", "sgd")
-SCHEDULERS = ("poly", "step")
+from trainables.optim import OPTIMIZERS, SCHEDULERS
+from trainables.plugins import ModelRef, Plugin, RunContext
+from trainables.schema import ConfigError, from_plain, to_plain
 
 
 @dataclass(frozen=True)
@@ -25,29 +26,27 @@ class TrialConfig:
     Attributes:
         experiment: the experiment's name in the study (e.g. "mtl_baseline", "single_task/depth").
         tasks: the tasks the model learns, in order.
+        dataset: the dataset plug-in and its parameters; data_root: its folder (None: the
+            embedded synthetic data's cache).
+        model: architecture, backbone and head (``ModelRef``); balancer: the loss balancer.
         optimizer/lr: the survey grid's optimiser ("sgd" uses momentum 0.9) and initial lr.
         scheduler: "poly" (lr * (1 - it/max_it) ** poly_power, per step) or "step" (lr x 0.1
             at each of ``step_milestones``, given as fractions of the epochs).
         max_steps_per_epoch: cap on training steps per epoch (smoke runs); None = full epoch.
         baseline_val/baseline_test: the single-task baselines' metrics ("task/metric" -> value)
             that Delta_m is computed against; empty when the run is itself a baseline.
+        primary_task: the run's primary task (auxiliary learning), told to plug-ins through
+            ``context``.
         label_file: a label-mask file (trainables/datasets/partial.py) applied to the training
             split, so that every model of a study sees the same partial labels.
     """
 
     experiment: str
     tasks: Tuple[str, ...]
-    dataset: str = "synthetic"
+    dataset: Plugin = Plugin("synthetic")
     data_root: Optional[str] = None
-    dataset_params: Mapping[str, Any] = field(default_factory=dict)
-    architecture: str = "mtl_baseline"
-    architecture_params: Mapping[str, Any] = field(default_factory=dict)
-    backbone: str = "tiny_cnn"
-    backbone_params: Mapping[str, Any] = field(default_factory=dict)
-    head: str = "conv"
-    head_params: Mapping[str, Any] = field(default_factory=dict)
-    balancer: str = "fixed"
-    balancer_params: Mapping[str, Any] = field(default_factory=dict)
+    model: ModelRef = ModelRef()
+    balancer: Plugin = Plugin("fixed")
     optimizer: str = "adam"
     lr: float = 1e-4
     momentum: float = 0.9
@@ -63,45 +62,49 @@ class TrialConfig:
     baseline_val: Mapping[str, float] = field(default_factory=dict)
     baseline_test: Mapping[str, float] = field(default_factory=dict)
     primary_task: Optional[str] = None
-    label_file: Optional[str] = None  # partial labels: which task labels each training image keeps
+    label_file: Optional[str] = None
 
     def __post_init__(self):
+        for name in ("dataset", "balancer"):  # a name or a {name, params} mapping is a Plugin
+            object.__setattr__(self, name, Plugin.of(getattr(self, name), name))
+        object.__setattr__(self, "model", from_plain(ModelRef, self.model, "model"))
         object.__setattr__(self, "tasks", tuple(self.tasks))
         object.__setattr__(self, "step_milestones", tuple(self.step_milestones))
         if not self.tasks:
-            raise ValueError("tasks: at least one task is required")
+            raise ConfigError("tasks: at least one task is required")
         if len(set(self.tasks)) != len(self.tasks):
-            raise ValueError(f"tasks: duplicates in {list(self.tasks)}")
+            raise ConfigError(f"tasks: duplicates in {list(self.tasks)}")
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer: {self.optimizer!r} is not one of {OPTIMIZERS}")
+            raise ConfigError(f"optimizer: {self.optimizer!r} is not one of {OPTIMIZERS}")
         if self.scheduler not in SCHEDULERS:
-            raise ValueError(f"scheduler: {self.scheduler!r} is not one of {SCHEDULERS}")
+            raise ConfigError(f"scheduler: {self.scheduler!r} is not one of {SCHEDULERS}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr: {self.lr!r} must be a positive number")
+            raise ConfigError(f"lr: {self.lr!r} must be a positive number")
         for name in ("batch_size", "eval_batch_size", "epochs"):
             value = getattr(self, name)
-            if not (isinstance(value, int) and value >= 1):
-                raise ValueError(f"{name}: {value!r} must be an integer >= 1")
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise ConfigError(f"{name}: {value!r} must be an integer >= 1")
         if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
-            raise ValueError(f"max_steps_per_epoch: {self.max_steps_per_epoch!r} must be >= 1 or null")
+            raise ConfigError(f"max_steps_per_epoch: {self.max_steps_per_epoch!r} must be >= 1 or null")
         if any(not 0 < m < 1 for m in self.step_milestones):
-            raise ValueError(f"step_milestones: {self.step_milestones} must be fractions in (0, 1)")
+            raise ConfigError(f"step_milestones: {self.step_milestones} must be fractions in (0, 1)")
         if self.primary_task is not None and self.primary_task not in self.tasks:
-            raise ValueError(f"primary_task: {self.primary_task!r} is not one of the tasks {list(self.tasks)}")
+            raise ConfigError(f"primary_task: {self.primary_task!r} is not one of the tasks {list(self.tasks)}")
+
+    @property
+    def context(self) -> RunContext:
+        """What this run tells the plug-ins that use it."""
+        return RunContext(primary_task=self.primary_task, seed=self.seed)
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> "TrialConfig":
-        """Build from a flat dict; a nested ``hp`` dict (one grid setting) is merged in."""
+        """Build from plain data; a nested ``hp`` dict (one grid setting) is merged in."""
         flat = dict(config)
         flat.update(flat.pop("hp", None) or {})
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(flat) - names)
-        if unknown:
-            raise ValueError(f"unknown trial config fields {unknown}; valid fields: {sorted(names)}")
-        return cls(**flat)
+        return from_plain(cls, flat, "")
 
     def to_dict(self) -> Dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        return json.loads(json.dumps(to_plain(self)))
 
     def config_hash(self, exclude: Tuple[str, ...] = ()) -> str:
         """Content hash of the resolved config (hex, 16 chars)."""

@@ -1,19 +1,23 @@
 """Where a training run lives: alone in a process, or as one worker of a Ray Train group.
 
-The train loop talks only to a ``Session``; the Ray touch points (``prepare_model``,
-``prepare_data_loader``, ``ray.train.report``, checkpoints) are all in ``RayTrainSession``
-below, so the loop itself is plain PyTorch.
+The train loop and the step talk only to a ``Session``; the Ray touch points
+(``prepare_model``, ``prepare_data_loader``, ``ray.train.report``, checkpoints) are all in
+``RayTrainSession`` below, so the loop itself is plain PyTorch. Collectives (sum and average
+over workers) go through the session too; with no process group they are no-ops, and under any
+torch.distributed process group (Ray Train's, or one a test starts) they all-reduce.
 """
 from __future__ import annotations
 
 import os
 import tempfile
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
+
+from trainables.atomic import atomic_write
 
 STATE_FILE = "state.pt"
 
@@ -36,8 +40,13 @@ class Session:
         self.on_report = on_report
         self.reports: List[Dict[str, Any]] = []
 
-    world_size = 1
-    rank = 0
+    @property
+    def world_size(self) -> int:
+        return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+    @property
+    def rank(self) -> int:
+        return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         return model
@@ -46,20 +55,38 @@ class Session:
         return loader
 
     def all_reduce_(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Sum ``tensor`` over workers in place (no-op here)."""
+        """Sum ``tensor`` over workers in place (a no-op in a single process)."""
+        if self.world_size > 1:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
+
+    def average_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Average ``tensor`` over workers in place."""
+        if self.world_size > 1:
+            self.all_reduce_(tensor).div_(self.world_size)
+        return tensor
+
+    def average_grads_(self, params: Iterable[nn.Parameter]) -> None:
+        """Average ``.grad`` over workers (for steps that bypass DDP); a missing gradient counts
+        as zero, since every worker must take part in each all-reduce."""
+        if self.world_size == 1:
+            return
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            self.average_(p.grad)
 
     def restore(self) -> Optional[Dict[str, Any]]:
         path = self.checkpoint_dir and os.path.join(self.checkpoint_dir, STATE_FILE)
         if path and os.path.exists(path):
-            return torch.load(path, map_location=self.device, weights_only=False)
+            return torch.load(path, map_location=self.device, weights_only=True)
         return None
 
     def report(self, metrics: Dict[str, Any], state: Optional[Dict[str, Any]] = None) -> None:
         self.reports.append(dict(metrics))
         if state is not None and self.checkpoint_dir:
             os.makedirs(self.checkpoint_dir, exist_ok=True)
-            _atomic_save(state, os.path.join(self.checkpoint_dir, STATE_FILE))
+            atomic_write(os.path.join(self.checkpoint_dir, STATE_FILE), lambda tmp: torch.save(state, tmp))
         if self.on_report:
             self.on_report(metrics)
 
@@ -73,10 +100,12 @@ class RayTrainSession(Session):
 
         self._train = ray.train
         self._torch = ray.train.torch
-        ctx = ray.train.get_context()
-        self.world_size = ctx.get_world_size()
-        self.rank = ctx.get_world_rank()
+        ctx = ray.train.get_context()  # Ray: this worker's place in the group
+        self._world_size, self._rank = ctx.get_world_size(), ctx.get_world_rank()
         super().__init__(device=ray.train.torch.get_device())
+
+    world_size = property(lambda self: self._world_size)
+    rank = property(lambda self: self._rank)
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         # Ray: moves to this worker's device and wraps in DDP when world_size > 1.
@@ -86,17 +115,12 @@ class RayTrainSession(Session):
         # Ray: adds a DistributedSampler; the loop moves nested batches itself.
         return self._torch.prepare_data_loader(loader, move_to_device=False)
 
-    def all_reduce_(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self.world_size > 1:
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        return tensor
-
     def restore(self) -> Optional[Dict[str, Any]]:
         checkpoint = self._train.get_checkpoint()  # Ray: last checkpoint of a retried run
         if checkpoint is None:
             return None
         with checkpoint.as_directory() as directory:
-            return torch.load(os.path.join(directory, STATE_FILE), map_location=self.device, weights_only=False)
+            return torch.load(os.path.join(directory, STATE_FILE), map_location=self.device, weights_only=True)
 
     def report(self, metrics: Dict[str, Any], state: Optional[Dict[str, Any]] = None) -> None:
         self.reports.append(dict(metrics))
@@ -107,8 +131,3 @@ class RayTrainSession(Session):
                 checkpoint = self._train.Checkpoint.from_directory(directory)
             self._train.report(metrics, checkpoint=checkpoint)  # Ray: reaches Tune via the callback
 
-
-def _atomic_save(obj: Any, path: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)

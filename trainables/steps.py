@@ -1,11 +1,12 @@
 """One optimisation step, served according to the balancer's declared needs.
 
-The step branches on the balancer's metadata (``needs_task_grads``, ``grad_target``,
-``grad_scope``, ``needs_outputs``; see ``trainables/balancers/base.py``), never on its name:
+The step branches on the balancer's ``BalancerInfo`` (``needs_task_grads``, ``grad_target``,
+``grad_scope``, ``needs_outputs``; see ``trainables/plugins.py``) and the architecture's
+``ArchitectureInfo`` (``has_shared_representation``), never on a name:
 
 loss level (``needs_task_grads=False``): one forward, ``balancer.combine(losses)``, one backward.
 
-representation level (``grad_target="representation"``, needs ``model.has_shared_representation``):
+representation level (``grad_target="representation"``, needs a shared representation):
     z = encode(x); the heads run on a detached copy z_d; one ``autograd.grad`` per task through
     its own head gives both dL_t/dz and dL_t/d(head params) (the heads are disjoint, so this is
     one backward through the heads in total). The balancer turns the Gram matrix of the z
@@ -24,9 +25,10 @@ Partially labelled batches: a task without a labelled sample is absent from ``lo
 per-task mask drops unlabelled samples from each loss.
 
 Data parallel: gradient-level steps run on the bare module (``model.module`` under DDP), so
-DDP's own all-reduce is bypassed and done here instead when torch.distributed runs with world
-size > 1: parameter-level per-task gradients [T, P] are averaged over workers BEFORE they are
-combined (exact, at T times the communication of plain DDP); representation-level steps sum the
+DDP's own all-reduce is bypassed and done here instead, through the session's collectives
+(``trainables/session.py``), when more than one worker runs: parameter-level per-task
+gradients [T, P] are averaged over workers BEFORE they are combined (exact, at T times the
+communication of plain DDP); representation-level steps sum the
 per-worker Gram matrices (exact: the global z gradient is the concatenation of the workers'),
 then average the resulting parameter gradients. The balancer's own parameter gradients are
 averaged in every mode (DDP does not wrap the balancer). BatchNorm buffers are not broadcast
@@ -34,13 +36,14 @@ from rank 0 on gradient-level steps (DDP does that in its forward, which is bypa
 """
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from trainables.balancers.base import Balancer
+from trainables.session import Session
 from trainables.tasks.base import Task
 
 
@@ -59,17 +62,20 @@ def task_losses(out: Mapping[str, Tensor], tasks: Mapping[str, Task], batch) -> 
     return {name: tasks[name].loss(pred, target) for name, (pred, target) in labelled(out, tasks, batch).items()}
 
 
-def training_step(model: nn.Module, balancer: Balancer, tasks: Mapping[str, Task], batch, optimizer) -> Dict[str, float]:
-    """Forward, balance, backward, optimiser step; returns the per-task loss values."""
+def training_step(model: nn.Module, balancer: Balancer, tasks: Mapping[str, Task], batch, optimizer,
+                  session: Optional[Session] = None) -> Dict[str, float]:
+    """Forward, balance, backward, optimiser step; returns the per-task loss values.
+
+    ``session`` provides the collectives under data parallelism (default: a local session,
+    which all-reduces only when a torch.distributed process group runs).
+    """
+    session = session or Session()
     optimizer.zero_grad(set_to_none=True)
-    if not balancer.needs_task_grads:
-        losses = _loss_level(model, balancer, tasks, batch)
-    elif balancer.grad_target in ("representation", "params"):
-        losses = _grad_level(_bare(model), balancer, tasks, batch)
+    if balancer.info.needs_task_grads:
+        losses = _grad_level(_bare(model), balancer, tasks, batch, session)
     else:
-        raise ValueError(f"balancer {type(balancer).__name__}: grad_target must be 'representation' or "
-                         f"'params', got {balancer.grad_target!r}")
-    _average([p for p in balancer.parameters() if p.requires_grad])
+        losses = _loss_level(model, balancer, tasks, batch)
+    session.average_grads_([p for p in balancer.parameters() if p.requires_grad])
     optimizer.step()
     return {name: float(loss.detach()) for name, loss in losses.items()}
 
@@ -92,18 +98,39 @@ def _keep_graph_connected(out: Mapping[str, Tensor], losses: Dict[str, Tensor]) 
 
 
 def _observe(balancer: Balancer, pairs: Dict[str, Tuple[Tensor, Tensor]]) -> None:
-    if balancer.needs_outputs:
+    if balancer.info.needs_outputs:
         balancer.observe_outputs({n: p.detach() for n, (p, _) in pairs.items()}, {n: t for n, (_, t) in pairs.items()})
 
 
 # -- gradient level ------------------------------------------------------------------------------
-def _grad_level(net: nn.Module, balancer: Balancer, tasks, batch) -> Dict[str, Tensor]:
+@dataclass
+class _Step:
+    """What the helpers of one gradient-level step share."""
+
+    net: nn.Module                  # the bare model (DDP bypassed)
+    balancer: Balancer
+    session: Session                # collectives over the workers
+    losses: Dict[str, Tensor]       # this worker's per-task losses (its labelled tasks only)
+    names: List[str]                # tasks labelled on any worker, in the balancer's order
+    values: Dict[str, Tensor]       # their detached loss values (mean over the workers that have them)
+    z: Optional[Tensor] = None      # the shared representation, when the step goes through it
+    grad_z: Optional[Tensor] = None  # [T, *z.shape]: dL_t/dz for each task of ``names``
+    decoder: List[nn.Parameter] = field(default_factory=list)  # trainable parameters outside the encoder
+    grad_decoder: List[List[Optional[Tensor]]] = field(default_factory=list)  # per task, per decoder parameter
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.values.values())).device
+
+
+def _grad_level(net: nn.Module, balancer: Balancer, tasks, batch, session: Session) -> Dict[str, Tensor]:
     x = batch["image"]
-    via_z = getattr(net, "has_shared_representation", False)
-    if balancer.grad_target == "representation" and not via_z:
-        raise ValueError(f"balancer {type(balancer).__name__} works on the shared representation (grad_target "
-                         f"'representation'), but architecture {type(net).__name__} has none; use an architecture "
-                         "with has_shared_representation, or a parameter-level variant of the balancer")
+    info = balancer.info
+    via_z = net.info.has_shared_representation
+    if info.grad_target == "representation" and not via_z:  # the plan refuses this pair before Ray starts
+        raise ValueError(f"{balancer.label()} works on the shared representation (grad_target 'representation'), "
+                         f"but {net.label()} has none; use an architecture with a shared representation, or a "
+                         "parameter-level variant of the balancer")
     if via_z:
         z = net.encode(x)
         z_d = z.detach().requires_grad_()
@@ -113,152 +140,132 @@ def _grad_level(net: nn.Module, balancer: Balancer, tasks, batch) -> Dict[str, T
     pairs = labelled(out, tasks, batch)
     losses = {name: tasks[name].loss(pred, target) for name, (pred, target) in pairs.items()}
     _observe(balancer, pairs)
-    names, values = _present(balancer, losses, x.device)
+    names, values = _present(balancer, losses, x.device, session)
     if not names:  # no task labelled on any worker: nothing to learn from this batch
         return losses
+    step = _Step(net, balancer, session, losses, names, values)
 
     shared = _params(net.shared_parameters())
-    scope = shared if balancer.grad_scope == "shared" else _params(net.last_shared_module().parameters())
-    if balancer.grad_target == "params" and not via_z:
-        _params_generic(net, balancer, losses, names, values, scope)
+    scope = shared if info.grad_scope == "shared" else _params(net.last_shared_module().parameters())
+    if info.grad_target == "params" and not via_z:
+        _params_generic(step, scope)
         return losses
 
     shared_ids = {id(p) for p in shared}
-    decoder = [p for p in net.parameters() if p.requires_grad and id(p) not in shared_ids]
-    grad_z, grad_decoder = _per_task(losses, names, z_d, decoder)
-    if balancer.grad_target == "representation":
-        _representation_level(net, balancer, losses, names, values, z, grad_z, decoder, grad_decoder)
+    step.decoder = [p for p in net.parameters() if p.requires_grad and id(p) not in shared_ids]
+    step.z = z
+    step.grad_z, step.grad_decoder = _per_task(step, z_d)
+    if info.grad_target == "representation":
+        _representation_level(step)
     else:
-        _params_via_z(balancer, losses, names, values, shared, scope, z, grad_z, decoder, grad_decoder)
+        _params_via_z(step, shared, scope)
     return losses
 
 
-def _representation_level(net, balancer: Balancer, losses, names, values, z, grad_z, decoder, grad_decoder) -> None:
+def _representation_level(s: _Step) -> None:
     """The encoder gets z.backward(sum_t c_t dL_t/dz); c from the (all-reduced) Gram matrix."""
-    flat = grad_z.flatten(1)
-    if balancer.has_grad_weights():
+    flat = s.grad_z.flatten(1)
+    if s.balancer.has_grad_weights():
         gram = flat @ flat.T
-        world = _world_size()
+        world = s.session.world_size
         if world > 1:  # the global z gradient is the concatenation of the workers' (each / W)
-            dist.all_reduce(gram)
-            gram = gram / world**2
-        direction_z = (balancer.grad_weights(gram, values).to(flat.dtype) @ flat).view_as(z)
+            gram = s.session.all_reduce_(gram) / world**2
+        direction_z = (s.balancer.grad_weights(gram, s.values).to(flat.dtype) @ flat).view_as(s.z)
     else:  # a balancer that needs the vectors themselves: a local combination under DDP
-        direction_z = balancer.combine_grads(flat, values).view_as(z)
-    weights = _objective_weights(balancer, losses, names, z.device)
-    z.backward(direction_z)
-    _write_decoder(decoder, grad_decoder, weights)
-    _average([p for p in net.parameters() if p.requires_grad])
+        direction_z = s.balancer.combine_grads(flat, s.values).view_as(s.z)
+    weights = _objective_weights(s)
+    s.z.backward(direction_z)
+    _write_decoder(s, weights)
+    s.session.average_grads_([p for p in s.net.parameters() if p.requires_grad])
 
 
-def _params_via_z(balancer: Balancer, losses, names, values, shared, scope, z, grad_z, decoder, grad_decoder) -> None:
+def _params_via_z(s: _Step, shared: List[nn.Parameter], scope: List[nn.Parameter]) -> None:
     """Per-task gradients of the scope as ONE batched VJP from the per-task z gradients."""
     scope_ids = {id(p) for p in scope}
     rest = [p for p in shared if id(p) not in scope_ids]
-    grads = torch.autograd.grad(z, scope, grad_outputs=grad_z, is_grads_batched=True, retain_graph=bool(rest),
+    grads = torch.autograd.grad(s.z, scope, grad_outputs=s.grad_z, is_grads_batched=True, retain_graph=bool(rest),
                                 allow_unused=True)
-    direction = balancer.combine_grads(_average_matrix(_flatten(grads, scope, len(names))), values)
-    weights = _objective_weights(balancer, losses, names, z.device)
+    direction = s.balancer.combine_grads(s.session.average_(_flatten(grads, scope, len(s.names))), s.values)
+    weights = _objective_weights(s)
     if rest:  # shared parameters outside the scope follow the objective (GradNorm's cheap variant)
-        w = torch.stack(weights).to(grad_z.dtype).view(-1, *([1] * (grad_z.dim() - 1)))
-        torch.autograd.backward(z, (w * grad_z).sum(0), inputs=rest)
-    _write_decoder(decoder, grad_decoder, weights)
-    _average(rest + decoder)
+        w = torch.stack(weights).to(s.grad_z.dtype).view(-1, *([1] * (s.grad_z.dim() - 1)))
+        torch.autograd.backward(s.z, (w * s.grad_z).sum(0), inputs=rest)
+    _write_decoder(s, weights)
+    s.session.average_grads_(rest + s.decoder)
     _write_flat(scope, direction)
 
 
-def _params_generic(net, balancer: Balancer, losses, names, values, scope) -> None:
+def _params_generic(s: _Step, scope: List[nn.Parameter]) -> None:
     """Parameter level without a shared representation: batched VJP of the stacked losses."""
-    if losses:
-        device = _any_device(losses)
-        stacked = torch.stack([losses[n] if n in losses else torch.zeros((), device=device) for n in names])
-        eye = torch.eye(len(names), dtype=stacked.dtype, device=device)
+    if s.losses:
+        zero = torch.zeros((), device=s.device)
+        stacked = torch.stack([s.losses[n] if n in s.losses else zero for n in s.names])
+        eye = torch.eye(len(s.names), dtype=stacked.dtype, device=stacked.device)
         grads = torch.autograd.grad(stacked, scope, grad_outputs=eye, is_grads_batched=True, retain_graph=True,
                                     allow_unused=True)
     else:  # labelled on other workers only
         grads = [None] * len(scope)
-    direction = balancer.combine_grads(_average_matrix(_flatten(grads, scope, len(names))), values)
+    direction = s.balancer.combine_grads(s.session.average_(_flatten(grads, scope, len(s.names))), s.values)
     scope_ids = {id(p) for p in scope}
-    others = [p for p in net.parameters() if p.requires_grad and id(p) not in scope_ids]
-    objective = balancer.combine(losses) if losses else None
+    others = [p for p in s.net.parameters() if p.requires_grad and id(p) not in scope_ids]
+    objective = s.balancer.combine(s.losses) if s.losses else None
     if isinstance(objective, Tensor) and objective.requires_grad:
-        balancer_params = [p for p in balancer.parameters() if p.requires_grad]
+        balancer_params = [p for p in s.balancer.parameters() if p.requires_grad]
         torch.autograd.backward(objective, inputs=others + balancer_params)
-    _average(others)
+    s.session.average_grads_(others)
     _write_flat(scope, direction)
 
 
-def _per_task(losses, names, z_d: Tensor, decoder: List[nn.Parameter]) -> Tuple[Tensor, List[List]]:
+def _per_task(s: _Step, z_d: Tensor) -> Tuple[Tensor, List[List[Optional[Tensor]]]]:
     """dL_t/dz [T, *z.shape] and dL_t/d(decoder params) per task (zeros for a task absent here)."""
     grad_z, grad_decoder = [], []
-    for name in names:
-        if name not in losses:  # labelled on another worker only
+    for name in s.names:
+        if name not in s.losses:  # labelled on another worker only
             grad_z.append(torch.zeros_like(z_d))
-            grad_decoder.append([None] * len(decoder))
+            grad_decoder.append([None] * len(s.decoder))
             continue
         # only the part of the graph that L_t reaches is traversed: its own head for disjoint heads
-        g = torch.autograd.grad(losses[name], [z_d] + decoder, retain_graph=True, allow_unused=True)
+        g = torch.autograd.grad(s.losses[name], [z_d] + s.decoder, retain_graph=True, allow_unused=True)
         grad_z.append(g[0] if g[0] is not None else torch.zeros_like(z_d))
         grad_decoder.append(list(g[1:]))
     return torch.stack(grad_z), grad_decoder
 
 
-def _objective_weights(balancer: Balancer, losses, names, device) -> List[Tensor]:
+def _objective_weights(s: _Step) -> List[Tensor]:
     """w_t = d combine(losses) / d L_t, and the balancer's own parameter gradients, in one backward."""
-    leaves = {n: l.detach().requires_grad_() for n, l in losses.items()}
-    objective = balancer.combine(leaves) if leaves else None
+    leaves = {n: l.detach().requires_grad_() for n, l in s.losses.items()}
+    objective = s.balancer.combine(leaves) if leaves else None
     if isinstance(objective, Tensor) and objective.requires_grad:
         objective.backward()
-    zero = torch.zeros((), device=device)
-    return [leaves[n].grad if n in leaves and leaves[n].grad is not None else zero for n in names]
+    zero = torch.zeros((), device=s.device)
+    return [leaves[n].grad if n in leaves and leaves[n].grad is not None else zero for n in s.names]
 
 
-def _write_decoder(decoder, grad_decoder, weights) -> None:
-    for k, p in enumerate(decoder):
+def _write_decoder(s: _Step, weights: List[Tensor]) -> None:
+    for k, p in enumerate(s.decoder):
         total = None
-        for w, per_task in zip(weights, grad_decoder):
+        for w, per_task in zip(weights, s.grad_decoder):
             g = per_task[k]
             if g is not None:
                 total = w.to(g.dtype) * g if total is None else total + w.to(g.dtype) * g
-        if total is None and _world_size() > 1:
+        if total is None and s.session.world_size > 1:
             total = torch.zeros_like(p)  # every worker must take part in the all-reduce
         if total is not None:
             p.grad = total if p.grad is None else p.grad + total
 
 
-def _present(balancer: Balancer, losses, device: torch.device) -> Tuple[List[str], Dict[str, Tensor]]:
+def _present(balancer: Balancer, losses, device: torch.device, session: Session) -> Tuple[List[str], Dict[str, Tensor]]:
     """Tasks labelled on any worker (balancer order) and their loss values (worker mean)."""
-    world = _world_size()
-    if world == 1:
+    if session.world_size == 1:
         names = balancer.present(losses)
         return names, {n: losses[n].detach() for n in names}
     stats = torch.zeros(2, len(balancer.task_names), device=device)
     for i, name in enumerate(balancer.task_names):
         if name in losses:
             stats[0, i], stats[1, i] = losses[name].detach().float(), 1.0
-    dist.all_reduce(stats)
+    session.all_reduce_(stats)
     names = [n for i, n in enumerate(balancer.task_names) if stats[1, i] > 0]
     return names, {n: stats[0, i] / stats[1, i] for i, n in enumerate(balancer.task_names) if stats[1, i] > 0}
-
-
-def _average_matrix(matrix: Tensor) -> Tensor:
-    world = _world_size()
-    if world > 1:
-        dist.all_reduce(matrix)
-        matrix = matrix / world
-    return matrix
-
-
-def _average(params: Sequence[nn.Parameter]) -> None:
-    """Average .grad over workers (DDP is bypassed); no-op in a single process."""
-    world = _world_size()
-    if world == 1:
-        return
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        dist.all_reduce(p.grad)
-        p.grad.div_(world)
 
 
 def _flatten(grads, params, rows: int) -> Tensor:
@@ -267,7 +274,7 @@ def _flatten(grads, params, rows: int) -> Tensor:
                       for g, p in zip(grads, params)], dim=1)
 
 
-def _write_flat(params, direction: Tensor) -> None:
+def _write_flat(params: Sequence[nn.Parameter], direction: Tensor) -> None:
     offset = 0
     for p in params:
         n = p.numel()
@@ -282,11 +289,3 @@ def _params(params) -> List[nn.Parameter]:
 
 def _bare(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def _world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def _any_device(losses) -> torch.device:
-    return next(iter(losses.values())).device

@@ -9,73 +9,23 @@ on its shard of the split, and the session all-reduces them.
 """
 from __future__ import annotations
 
-import inspect
 import math
 import random
 import time
-from collections import defaultdict
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from trainables.balancers.base import Balancer
+from trainables.build import build_balancer, build_dataset, build_model, build_tasks, primary_directions
 from trainables.config import TrialConfig
 from trainables.delta import delta_m
-from trainables.models import build_model
-from trainables.registry import BALANCERS, DATASETS, TASKS
+from trainables.optim import make_optimizer, make_scheduler
 from trainables.session import Session
 from trainables.steps import labelled, training_step
 from trainables.tasks.base import Task
-
-
-def build_tasks(dataset: str, dataset_params: Mapping[str, Any], names: Sequence[str]) -> Dict[str, Task]:
-    """Task plug-ins for ``names`` as the dataset describes them."""
-    info = DATASETS.get(dataset).describe(**dict(dataset_params))
-    missing = [n for n in names if n not in info.tasks]
-    if missing:
-        raise ValueError(f"tasks: {missing} not offered by dataset {dataset!r}; it offers {sorted(info.tasks)}")
-    return {n: TASKS.get(info.tasks[n].type)(name=n, **dict(info.tasks[n].params)) for n in names}
-
-
-def build_balancer(name: str, task_names: Sequence[str], params: Mapping[str, Any],
-                   run_defaults: Optional[Mapping[str, Any]] = None) -> Balancer:
-    """The balancer plug-in, with unknown keyword arguments named before anything runs.
-
-    ``run_defaults`` (e.g. the study's ``primary_task``, the trial's ``seed``) are passed only to
-    a balancer that accepts them and only where ``params`` does not set them.
-    """
-    cls = BALANCERS.get(name)
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "task_names"}
-    unknown = sorted(set(params) - accepted)
-    if unknown:
-        raise ValueError(f"balancer {name!r}: unknown parameters {unknown}; accepted: {sorted(accepted)}")
-    extra = {k: v for k, v in (run_defaults or {}).items() if k in accepted and k not in params and v is not None}
-    return cls(list(task_names), **dict(params), **extra)
-
-
-def primary_directions(tasks: Mapping[str, Task]) -> Dict[str, bool]:
-    """"task/metric" -> higher_is_better, for each task's primary metric."""
-    return {f"{n}/{t.primary_metric}": t.higher_is_better for n, t in tasks.items()}
-
-
-def make_optimizer(cfg: TrialConfig, params) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def make_scheduler(cfg: TrialConfig, optimizer, steps_per_epoch: int):
-    """Per-step LambdaLR: poly decay, or x0.1 at each milestone (fractions of all epochs)."""
-    total = max(1, cfg.epochs * steps_per_epoch)
-    if cfg.scheduler == "poly":
-        factor = lambda step: (1.0 - min(step, total - 1) / total) ** cfg.poly_power  # noqa: E731
-    else:
-        milestones = [int(round(m * cfg.epochs)) * steps_per_epoch for m in cfg.step_milestones]
-        factor = lambda step: 0.1 ** sum(step >= m for m in milestones)  # noqa: E731
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def seed_everything(seed: int) -> None:
@@ -137,21 +87,17 @@ def score(cfg: TrialConfig, metrics: Mapping[str, float], baseline: Mapping[str,
 def fit(cfg: TrialConfig, session: Session) -> Dict[str, Any]:
     """Train ``cfg`` to the end (or from its last checkpoint); return the last report."""
     seed_everything(cfg.seed + 1000 * session.rank)
-    tasks = build_tasks(cfg.dataset, cfg.dataset_params, cfg.tasks)
+    tasks = build_tasks(cfg.dataset, cfg.tasks)
     directions = primary_directions(tasks)
-    dataset_cls = DATASETS.get(cfg.dataset)
-    data_kw = dict(root=cfg.data_root, tasks=list(cfg.tasks), **dict(cfg.dataset_params))
-    train_set = dataset_cls(split="train", augment=True, **data_kw)
+    train_set = build_dataset(cfg.dataset, cfg.data_root, "train", cfg.tasks, augment=True)
     if cfg.label_file:  # partially labelled MTL: drop the labels the study's label file removes
         from trainables.datasets.partial import LabelMasked
 
         train_set = LabelMasked.from_file(train_set, cfg.label_file, cfg.tasks)
-    val_set = dataset_cls(split="val", augment=False, **data_kw)
+    val_set = build_dataset(cfg.dataset, cfg.data_root, "val", cfg.tasks)
 
-    model = build_model(tasks, cfg.architecture, cfg.backbone, dict(cfg.backbone_params), cfg.head,
-                        dict(cfg.head_params), dict(cfg.architecture_params)).to(session.device)
-    balancer = build_balancer(cfg.balancer, cfg.tasks, cfg.balancer_params,
-                              {"primary_task": cfg.primary_task, "seed": cfg.seed}).to(session.device)
+    model = build_model(tasks, cfg.model).to(session.device)
+    balancer = build_balancer(cfg.balancer, cfg.tasks, cfg.context).to(session.device)
     per_worker_batch = max(1, cfg.batch_size // session.world_size)
     generator = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(train_set, batch_size=per_worker_batch, shuffle=True, drop_last=True, generator=generator)
@@ -181,19 +127,22 @@ def fit(cfg: TrialConfig, session: Session) -> Dict[str, Any]:
         if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
         model.train()
-        sums = torch.zeros(len(cfg.tasks) + 1, dtype=torch.float64, device=session.device)
+        # per task: the sum of its batch losses and the number of batches that labelled it, so
+        # the epoch mean (DWA's L(t), the train/<task>/loss report) skips unlabelled batches
+        sums = torch.zeros(2, len(cfg.tasks), dtype=torch.float64, device=session.device)
         for step, batch in enumerate(loader):
             if step >= steps:
                 break
             batch = to_device(batch, session.device)
-            losses = training_step(model, balancer, tasks, batch, optimizer)
+            losses = training_step(model, balancer, tasks, batch, optimizer, session)
             scheduler.step()
             for i, name in enumerate(cfg.tasks):
-                sums[i] += float(losses.get(name, 0.0))
-            sums[-1] += 1
+                if name in losses:
+                    sums[0, i] += losses[name]
+                    sums[1, i] += 1
         session.all_reduce_(sums)
-        train_losses = {name: float(sums[i] / sums[-1]) for i, name in enumerate(cfg.tasks)}
-        if balancer.needs_epoch_losses:
+        train_losses = {name: float(sums[0, i] / sums[1, i]) for i, name in enumerate(cfg.tasks) if sums[1, i] > 0}
+        if balancer.info.needs_epoch_losses:
             balancer.on_epoch_end(epoch, train_losses)
 
         val = evaluate(model, tasks, val_set, session, cfg.eval_batch_size)
@@ -204,7 +153,7 @@ def fit(cfg: TrialConfig, session: Session) -> Dict[str, Any]:
         report.update({f"val/{k}": v for k, v in val.items()})
         report.update({f"val_{k}": v for k, v in score(cfg, val, cfg.baseline_val, directions).items()})
         if epoch == cfg.epochs - 1:  # reported, never used for selection
-            test_set = dataset_cls(split="test", augment=False, **data_kw)
+            test_set = build_dataset(cfg.dataset, cfg.data_root, "test", cfg.tasks)
             test = evaluate(model, tasks, test_set, session, cfg.eval_batch_size)
             report.update({f"test/{k}": v for k, v in test.items()})
             if cfg.baseline_test:

@@ -14,12 +14,12 @@ from trainables.config import TrialConfig
 def cfg(task=None, lr=1e-4, seed=0):
     tasks = (task,) if task else ("semseg", "depth")
     return TrialConfig(experiment=f"single_task/{task}" if task else "mtl", tasks=tasks,
-                       architecture="single_task" if task else "mtl_baseline", lr=lr, seed=seed,
-                       dataset_params={"image_size": 32})
+                       model={"architecture": "single_task" if task else "mtl_baseline"}, lr=lr, seed=seed,
+                       dataset={"name": "synthetic", "params": {"image_size": 32}})
 
 
 def row(c: TrialConfig, role, val, test, val_dm=None, test_dm=None, selected=False, status="completed"):
-    return dict(study="s", run_id="r", experiment=c.experiment, role=role, architecture=c.architecture,
+    return dict(study="s", run_id="r", experiment=c.experiment, role=role, architecture=c.model.architecture.name,
                 balancer="fixed", tasks=list(c.tasks), trial_id="t", config_json=json.dumps(c.to_dict()),
                 config_hash=c.config_hash(), setting_hash=c.config_hash(exclude=("seed",)), seed=c.seed,
                 val_metrics=val, test_metrics=test, val_delta_m=val_dm, test_delta_m=test_dm,
@@ -129,3 +129,14 @@ def test_each_task_primary_row_composes_metrics_from_its_experiments():
     assert composed[0] == "fixed (each task primary)"
     assert composed[1:3] == ["55.00", "1.00"]      # each metric from the run where it was primary
     assert composed[-1] == "+30.00"                # mean of +10% (miou) and +50% (rmse)
+
+
+def test_one_selection_rule_for_baselines_and_models():
+    """results.best_setting: best mean val score over seeds; unscored runs left out; a setting with a
+    diverged seed never chosen; the first setting wins a tie."""
+    from orchestrator.results import best_setting
+
+    runs = [("a", 1.0), ("a", 3.0), ("b", 2.5), ("b", 1.0), ("c", float("nan")), ("c", 9.0), ("d", None)]
+    assert best_setting(runs, setting=lambda r: r[0], score=lambda r: r[1]) == "a"  # 2.0 vs 1.75; c diverged
+    assert best_setting([("x", 1.0), ("y", 1.0)], setting=lambda r: r[0], score=lambda r: r[1]) == "x"
+    assert best_setting([("d", None)], setting=lambda r: r[0], score=lambda r: r[1]) is None

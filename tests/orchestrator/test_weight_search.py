@@ -7,6 +7,7 @@ import pytest
 from orchestrator.spec import LossWeightSearch, SpecError, load_spec
 from orchestrator.weight_search import WeightSpace, simplex_weights, strip_raw
 from search_spaces import preset
+from trainables.plugins import Plugin
 
 SETTINGS = [{"batch_size": 8, "scheduler": "poly", "optimizer": "adam", "lr": 2e-4},
             {"batch_size": 8, "scheduler": "poly", "optimizer": "sgd", "lr": 1e-2}]
@@ -14,7 +15,7 @@ SETTINGS = [{"batch_size": 8, "scheduler": "poly", "optimizer": "adam", "lr": 2e
 
 def draw(ws, n=20):
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=ws.seed))
-    space = WeightSpace(["semseg", "depth", "normals"], SETTINGS, ws, {})
+    space = WeightSpace(["semseg", "depth", "normals"], SETTINGS, ws, Plugin("fixed"))
     out = []
     for _ in range(n):
         trial = study.ask()
@@ -33,13 +34,14 @@ def test_simplex_weights_sum_to_number_of_tasks():
 def test_log_uniform_weights_in_range_and_settings_resolved():
     for config in draw(LossWeightSearch(low=0.1, high=10.0)):
         assert config["hp"] in SETTINGS
-        assert set(config["balancer_params"]["weights"]) == {"semseg", "depth", "normals"}
-        assert all(0.1 <= w <= 10.0 for w in config["balancer_params"]["weights"].values())
+        assert config["balancer"]["name"] == "fixed"
+        assert set(config["balancer"]["params"]["weights"]) == {"semseg", "depth", "normals"}
+        assert all(0.1 <= w <= 10.0 for w in config["balancer"]["params"]["weights"].values())
 
 
 def test_simplex_space_sums_to_t():
     for config in draw(LossWeightSearch(space="simplex")):
-        assert math.isclose(sum(config["balancer_params"]["weights"].values()), 3.0)
+        assert math.isclose(sum(config["balancer"]["params"]["weights"].values()), 3.0)
 
 
 def test_search_is_seeded():

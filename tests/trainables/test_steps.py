@@ -21,13 +21,14 @@ from trainables.balancers.gradnorm import GradNorm
 from trainables.balancers.ial import IAL
 from trainables.balancers.mgda import MGDA
 from trainables.balancers.min_norm import min_norm_weights
+from trainables.build import build_balancer, build_model, build_tasks
 from trainables.config import TrialConfig
-from trainables.models import build_model
+from trainables.plugins import ArchitectureInfo, Plugin, RunContext
 from trainables.registry import BALANCERS
 from trainables.session import Session
 from trainables.steps import training_step
 from trainables.tasks.base import Task
-from trainables.train_loop import build_balancer, build_tasks, fit
+from trainables.train_loop import fit
 
 TOY_TASKS = ["a", "b", "c"]
 
@@ -57,7 +58,7 @@ class MSETask(Task):
 class Toy(MultiTaskModel):
     """Encoder Linear-Tanh-Linear -> z [B, 5]; one Linear-Tanh-Linear head per task."""
 
-    has_shared_representation = True
+    INFO = ArchitectureInfo(has_shared_representation=True)
 
     def __init__(self, tasks):
         super().__init__(tasks)
@@ -83,7 +84,7 @@ class Toy(MultiTaskModel):
 class ToyNoRep(Toy):
     """The same network, without declaring a shared representation (the generic VJP path)."""
 
-    has_shared_representation = False
+    INFO = ArchitectureInfo(has_shared_representation=False)
 
     def forward(self, x):
         return self.decode(self.encode(x), None)
@@ -189,7 +190,7 @@ def test_param_level_direction_equals_combination_of_explicit_grads(cls, name):
     params = {"mgda": {"variant": "params"}, "cagrad": {}, "imtl": {"mode": "g", "target": "params"}}[name]
     model, tasks = toy(cls)
     batch = toy_batch({"a": [0, 1]})
-    bal = build_balancer(name, TOY_TASKS, params)
+    bal = build_balancer(Plugin(name, params), TOY_TASKS)
     twin = copy.deepcopy(bal)
     step_grads(model, bal, tasks, batch)
 
@@ -236,9 +237,9 @@ def real_batch(seed, unlabelled=None, b=4, size=32):
 
 def build(name, seed=0):
     torch.manual_seed(seed)
-    tasks = build_tasks("synthetic", {"image_size": 32}, REAL_TASKS)
-    model = build_model(tasks, "mtl_baseline", "tiny_cnn", {}, "conv", {})
-    bal = build_balancer(name, REAL_TASKS, {}, {"primary_task": "semseg", "seed": seed + 7})
+    tasks = build_tasks(Plugin("synthetic", {"image_size": 32}), REAL_TASKS)
+    model = build_model(tasks)
+    bal = build_balancer(name, REAL_TASKS, RunContext(primary_task="semseg", seed=seed + 7))
     opt = torch.optim.Adam(list(model.parameters()) + list(bal.parameters()), lr=1e-3)
     return tasks, model, bal, opt
 
@@ -264,7 +265,7 @@ def test_balancer_contract(name):
             training_step(model, bal, tasks, real_batch(1), opt)
             changed = [not torch.equal(a, p) for a, p in zip(before, model.parameters())]
             assert all(changed), f"{name}: {changed.count(False)} parameters did not move"
-            if bal.needs_epoch_losses:
+            if bal.info.needs_epoch_losses:
                 bal.on_epoch_end(0, {"semseg": 2.0, "depth": 1.0, "normals": 0.5})
                 bal.on_epoch_end(1, {"semseg": 1.5, "depth": 0.9, "normals": 0.45})
             buffer = io.BytesIO()
@@ -293,9 +294,9 @@ def data_root(tmp_path_factory):
 
 @pytest.mark.parametrize("balancer,params", [("uncertainty", {}), ("mgda", {}), ("pcgrad", {}), ("ial", {})])
 def test_fit_runs_with_every_kind_of_balancer(balancer, params, data_root):
-    cfg = TrialConfig(experiment="t", tasks=("semseg", "depth", "normals"), balancer=balancer, balancer_params=params,
+    cfg = TrialConfig(experiment="t", tasks=("semseg", "depth", "normals"), balancer=Plugin(balancer, params),
                       primary_task="depth", data_root=data_root, epochs=1, batch_size=8, max_steps_per_epoch=2,
-                      dataset_params={"image_size": 32, "num_train": 32, "num_val": 16, "num_test": 16})
+                      dataset=Plugin("synthetic", {"image_size": 32, "num_train": 32, "num_val": 16, "num_test": 16}))
     report = fit(cfg, Session(device=torch.device("cpu")))
     assert report["finished"]
     for key in ("val/semseg/miou", "val/depth/rmse", "val/normals/mean_angle", "test/depth/rmse",
@@ -311,7 +312,7 @@ DDP_CASES = [("fixed", {}), ("uncertainty", {}), ("mgda", {}), ("mgda", {"varian
 
 def _run_steps(model, case, batches):
     name, params = case
-    bal = build_balancer(name, TOY_TASKS, params, {"primary_task": "b", "seed": 0})
+    bal = build_balancer(Plugin(name, params), TOY_TASKS, RunContext(primary_task="b", seed=0))
     opt = torch.optim.SGD(list(model.parameters()) + list(bal.parameters()), lr=0.1)
     net = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     for batch in batches:

@@ -5,13 +5,15 @@ import pytest
 import torch
 
 from trainables.config import TrialConfig
+from trainables.optim import make_optimizer, make_scheduler
+from trainables.plugins import Plugin
 from trainables.session import Session
-from trainables.train_loop import fit, make_optimizer, make_scheduler
+from trainables.train_loop import fit
 
 
 def tiny(tmp_path, **kw):
     base = dict(experiment="t", tasks=("semseg", "depth"), data_root=str(tmp_path / "data"),
-                dataset_params={"image_size": 32, "num_train": 32, "num_val": 16, "num_test": 16},
+                dataset=Plugin("synthetic", {"image_size": 32, "num_train": 32, "num_val": 16, "num_test": 16}),
                 batch_size=8, eval_batch_size=16, epochs=2, max_steps_per_epoch=2, lr=1e-3)
     base.update(kw)
     return TrialConfig(**base)
@@ -92,5 +94,29 @@ class _StopAfter(Session):
 def test_trial_config_rejects_bad_values():
     with pytest.raises(ValueError, match="optimizer: 'rmsprop'"):
         TrialConfig(experiment="t", tasks=("semseg",), optimizer="rmsprop")
-    with pytest.raises(ValueError, match="unknown trial config fields \\['lrr'\\]"):
+    with pytest.raises(ValueError, match=r"^lrr: unknown key; accepted here: experiment, tasks, dataset"):
         TrialConfig.from_dict({"experiment": "t", "tasks": ["semseg"], "lrr": 1})
+    with pytest.raises(ValueError, match=r"^balancer.params: expected a mapping"):
+        TrialConfig.from_dict({"experiment": "t", "tasks": ["semseg"], "balancer": {"name": "fixed", "params": 3}})
+
+
+def test_epoch_mean_loss_skips_batches_that_do_not_label_the_task(tmp_path, monkeypatch):
+    """DWA's L(t) and the train/<task>/loss report average a task's loss over the batches that
+    labelled it (partially labelled data), not over every batch with 0 for the others."""
+    import trainables.train_loop as loop
+
+    step = {"n": 0}
+
+    def fake_step(model, balancer, tasks, batch, optimizer, session=None):
+        step["n"] += 1  # depth is labelled in every other batch only
+        optimizer.step()
+        return {"semseg": 1.0, "depth": 4.0} if step["n"] % 2 else {"semseg": 3.0}
+
+    seen = []
+    monkeypatch.setattr(loop, "training_step", fake_step)
+    monkeypatch.setattr("trainables.balancers.dwa.DWA.on_epoch_end", lambda self, epoch, losses: seen.append(losses))
+    session = Session(device=torch.device("cpu"))
+    fit(tiny(tmp_path, balancer="dwa", epochs=1, max_steps_per_epoch=4), session)
+    assert session.reports[0]["train/semseg/loss"] == pytest.approx(2.0)
+    assert session.reports[0]["train/depth/loss"] == pytest.approx(4.0)  # not (4 + 0 + 4 + 0) / 4
+    assert seen == [{"semseg": pytest.approx(2.0), "depth": pytest.approx(4.0)}]
