@@ -148,14 +148,13 @@ def cmd_list(args) -> int:
 def _capabilities(cls) -> str:
     """A plug-in's parameters and, for balancers and architectures, what it needs / offers
     with its default parameters (from ``info_for``; nothing is built)."""
-    from trainables.plugins import make_params
     from trainables.schema import field_names
 
     params = getattr(cls, "Params", None)
     text = f"params: {', '.join(field_names(params)) or '(none)'}" if params else "params: (none)"
     if params is not None and hasattr(cls, "info_for"):
         word = "needs" if cls.plugin_kind == "balancer" else "offers"
-        text += f" | {word} (default params): {cls.info_for(make_params(params, {}, cls.label())).summary()}"
+        text += f" | {word} (default params): {cls.info_for(cls.params_of({})).summary()}"
     return text
 
 

@@ -1,7 +1,7 @@
 """The builders: plug-in references (``trainables/plugins.py``) -> objects, for every kind.
 
 The control plane (planning, complexity counting, reports) and the train loop build here and
-nowhere else. Every plug-in's parameters go through ``make_params`` against the plug-in's own
+nowhere else. Every plug-in's parameters go through ``params_of`` (``make_params``) against the plug-in's own
 ``Params`` dataclass before anything is allocated, so a bad key or value fails first and names
 the plug-in; unknown names raise the registry's error, which lists the valid ones.
 
@@ -18,7 +18,7 @@ import trainables  # noqa: F401  (registers every built-in plug-in)
 from trainables.architectures.base import MultiTaskModel
 from trainables.balancers.base import Balancer
 from trainables.datasets.base import DatasetInfo, make_tasks
-from trainables.plugins import ArchitectureInfo, BalancerInfo, ModelRef, Plugin, RunContext, make_params
+from trainables.plugins import ArchitectureInfo, BalancerInfo, ModelRef, Plugin, RunContext
 from trainables.registry import ARCHITECTURES, BACKBONES, BALANCERS, DATASETS, HEADS, Registry
 from trainables.tasks.base import Task
 
@@ -29,8 +29,7 @@ Ref = Union[Plugin, str, Mapping[str, Any]]
 def params_for(registry: Registry, ref: Ref, where: str = "") -> Any:
     """The checked ``Params`` instance of plug-in ``ref`` (unknown name or key: an error naming it)."""
     ref = Plugin.of(ref, where or registry.kind)
-    cls = registry.get(ref.name)
-    return make_params(cls.Params, ref.params, cls.label())
+    return registry.get(ref.name).params_of(ref.params)
 
 
 # -- datasets and tasks ---------------------------------------------------------------------------

@@ -101,8 +101,9 @@ def make_params(params_cls: type, values: Any, label: str):
 
 
 class Configurable:
-    """Mixin of plug-in classes: ``Params`` declares the keyword arguments, ``resolve_params``
-    turns either a ``Params`` instance or the keyword arguments into one (never both)."""
+    """Mixin of plug-in classes: ``Params`` declares the keyword arguments; ``params_of`` checks
+    a mapping of them (or passes a ``Params`` instance through); ``resolve_params`` takes either
+    a ``Params`` instance or the keyword arguments (never both)."""
 
     Params: ClassVar[type] = NoParams
     plugin_kind: ClassVar[str] = "plug-in"  # set by the registry at registration
@@ -113,10 +114,14 @@ class Configurable:
         return f"{cls.plugin_kind} {cls.plugin_name or cls.__name__!r}"
 
     @classmethod
+    def params_of(cls, values: Any):
+        return make_params(cls.Params, values, cls.label())
+
+    @classmethod
     def resolve_params(cls, params: Any = None, kwargs: Optional[Mapping[str, Any]] = None):
         if params is not None and kwargs:
             raise TypeError(f"{cls.label()}: give params or keyword arguments, not both")
-        return make_params(cls.Params, params if params is not None else kwargs, cls.label())
+        return cls.params_of(params if params is not None else kwargs)
 
 
 # -- capabilities ---------------------------------------------------------------------------------

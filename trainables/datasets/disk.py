@@ -40,7 +40,7 @@ import torch
 from trainables.datasets.base import SPLITS, DatasetInfo, make_tasks
 from trainables.datasets.readers import DataCheckError
 from trainables.datasets.summary import summarize
-from trainables.plugins import Configurable, make_params
+from trainables.plugins import Configurable
 
 
 def holdout_split(ids: Sequence, split: str, fraction: float = 0.1, seed: int = 0) -> list:
@@ -88,11 +88,6 @@ class DiskDataset(torch.utils.data.Dataset, Configurable):
         return cls.TASK_NAMES
 
     # ---------------------------------------------------------------------------- helpers
-    @classmethod
-    def params_of(cls, params: Mapping[str, object]):
-        """The ``Params`` of keyword arguments (ConfigError naming the dataset and the key)."""
-        return make_params(cls.Params, params, cls.label())
-
     @classmethod
     def require_root(cls, root: Optional[str], entry: str) -> str:
         if root is None:

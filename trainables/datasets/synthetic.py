@@ -24,7 +24,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -35,7 +35,7 @@ from trainables.datasets import render
 from trainables.datasets.base import SPLITS, DatasetInfo, make_tasks
 from trainables.datasets.summary import summarize
 from trainables.datasets.transforms import normalize_image, random_hflip, unit_normals
-from trainables.plugins import Configurable, Plugin, make_params
+from trainables.plugins import Configurable, Plugin
 from trainables.registry import register_dataset
 
 GENERATOR_VERSION = 1
@@ -212,11 +212,6 @@ class SyntheticScenes(torch.utils.data.Dataset, Configurable):
     Params = SyntheticParams
     # What ``mtl run --smoke`` overrides: a few hundred 32x32 images.
     SMOKE_PARAMS = {"image_size": 32, "num_train": 256, "num_val": 64, "num_test": 64}
-
-    @classmethod
-    def params_of(cls, params: Mapping[str, object]) -> SyntheticParams:
-        """The ``Params`` of keyword arguments (ConfigError naming the dataset and the key)."""
-        return make_params(cls.Params, params, cls.label())
 
     @classmethod
     def describe(cls, **params) -> DatasetInfo:
