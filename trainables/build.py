@@ -10,7 +10,7 @@ device: ``with torch.device("meta"): model = build_model(tasks, ref)`` (see ``co
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Sequence, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 from torch import nn
 
@@ -62,7 +62,8 @@ def primary_directions(tasks: Mapping[str, Task]) -> Dict[str, bool]:
 # -- models -----------------------------------------------------------------------------------------
 def build_model(tasks: Mapping[str, Task], model: Union[ModelRef, Mapping[str, Any]] = ModelRef()) -> MultiTaskModel:
     """The architecture of ``model`` over ``tasks``: dense tasks get ``model.head``, image-level
-    tasks the ``linear`` head. Every plug-in's parameters are checked before anything is built."""
+    tasks the ``linear`` head. Every plug-in's parameters, and the pairs they form, are checked
+    before anything is built; an impossible pair is a ValueError naming both plug-ins."""
     if not tasks:
         raise ValueError("build_model needs at least one task")
     if not isinstance(model, ModelRef):
@@ -72,14 +73,26 @@ def build_model(tasks: Mapping[str, Task], model: Union[ModelRef, Mapping[str, A
     backbone_cls, backbone_params = BACKBONES.get(model.backbone.name), params_for(BACKBONES, model.backbone)
     head_cls, head_params = HEADS.get(model.head.name), params_for(HEADS, model.head)
     image_cls, image_params = HEADS.get(IMAGE_HEAD.name), params_for(HEADS, IMAGE_HEAD)
+    a, b, h = model.architecture.name, model.backbone.name, model.head.name
+    if (arch_cls.info_for(arch_params).needs_sequential_stages
+            and not backbone_cls.info_for(backbone_params).sequential_stages):
+        raise ValueError(f"architecture {a!r} mixes features between backbone stages, but backbone {b!r} has no "
+                         "sequential stages; use a ResNet or tiny_cnn backbone")
+    low_level = head_cls.info_for(head_params).low_level
 
     def make_backbone() -> nn.Module:
         return backbone_cls(params=backbone_params)
 
-    def make_head(task: Task, in_channels: int) -> nn.Module:
+    def make_head(task: Task, in_channels: int, low_channels: Optional[int] = None) -> nn.Module:
         if task.kind == "image":
             return image_cls(in_channels, task.out_channels, params=image_params)
-        return head_cls(in_channels, task.out_channels, params=head_params)
+        if not low_level:
+            return head_cls(in_channels, task.out_channels, params=head_params)
+        if low_channels is None:
+            raise ValueError(f"head {h!r} needs the backbone's stride-4 features, but backbone {b!r} under "
+                             f"architecture {a!r} offers none; use a backbone with a stage at output stride 4 "
+                             "(a ResNet) or a head without a skip connection (aspp, psp)")
+        return head_cls(in_channels, task.out_channels, params=head_params, low_channels=low_channels)
 
     return arch_cls(dict(tasks), make_backbone, make_head, params=arch_params)
 

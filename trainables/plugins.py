@@ -184,18 +184,27 @@ class ArchitectureInfo:
     """What an architecture offers to the step and the plan.
 
     Attributes:
-        has_shared_representation: ``encode(x) -> z`` gives one shared feature tensor and
-            ``decode(z, hw)`` the outputs (representation-level balancers need it).
+        has_shared_representation: ``encode(x) -> z`` gives the shared features (a tensor, or a
+            tuple of tensors) and ``decode(z, hw)`` the outputs (representation-level balancers
+            need it).
         supports_multiple_tasks: False for architectures that take exactly one task.
+        init_from_single_task: the model starts from the study's single-task networks
+            (``load_single_task``); the study passes each task's best cached baseline.
+        needs_sequential_stages: the model mixes or attends between the backbone's stages
+            (``BackboneInfo.sequential_stages``).
     """
 
     has_shared_representation: bool = False
     supports_multiple_tasks: bool = True
+    init_from_single_task: bool = False
+    needs_sequential_stages: bool = False
 
     def summary(self) -> str:
-        return "; ".join([
-            "shared representation" if self.has_shared_representation else "no single shared representation",
-            "multi-task" if self.supports_multiple_tasks else "one task only"])
+        parts = ["shared representation" if self.has_shared_representation else "no single shared representation",
+                 "multi-task" if self.supports_multiple_tasks else "one task only"]
+        parts += [text for flag, text in ((self.init_from_single_task, "starts from the single-task networks"),
+                                          (self.needs_sequential_stages, "needs sequential backbone stages")) if flag]
+        return "; ".join(parts)
 
 
 __all__ = ["ArchitectureInfo", "BalancerInfo", "ConfigError", "Configurable", "ModelRef", "NoParams", "Plugin",

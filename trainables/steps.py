@@ -7,7 +7,8 @@ The step branches on the balancer's ``BalancerInfo`` (``needs_task_grads``, ``gr
 loss level (``needs_task_grads=False``): one forward, ``balancer.combine(losses)``, one backward.
 
 representation level (``grad_target="representation"``, needs a shared representation):
-    z = encode(x); the heads run on a detached copy z_d; one ``autograd.grad`` per task through
+    z = encode(x) (a tensor, or a tuple of tensors whose gradients are concatenated into one
+    vector per task); the heads run on a detached copy z_d; one ``autograd.grad`` per task through
     its own head gives both dL_t/dz and dL_t/d(head params) (the heads are disjoint, so this is
     one backward through the heads in total). The balancer turns the Gram matrix of the z
     gradients into coefficients c, the encoder gets z.backward(sum_t c_t dL_t/dz), and every
@@ -113,8 +114,8 @@ class _Step:
     losses: Dict[str, Tensor]       # this worker's per-task losses (its labelled tasks only)
     names: List[str]                # tasks labelled on any worker, in the balancer's order
     values: Dict[str, Tensor]       # their detached loss values (mean over the workers that have them)
-    z: Optional[Tensor] = None      # the shared representation, when the step goes through it
-    grad_z: Optional[Tensor] = None  # [T, *z.shape]: dL_t/dz for each task of ``names``
+    z: Tuple[Tensor, ...] = ()      # the shared representation's tensors, when the step goes through it
+    grad_z: Optional[Tensor] = None  # [T, D]: dL_t/dz for each task of ``names``, z's tensors flattened
     decoder: List[nn.Parameter] = field(default_factory=list)  # trainable parameters outside the encoder
     grad_decoder: List[List[Optional[Tensor]]] = field(default_factory=list)  # per task, per decoder parameter
 
@@ -133,8 +134,9 @@ def _grad_level(net: nn.Module, balancer: Balancer, tasks, batch, session: Sessi
                          "parameter-level variant of the balancer")
     if via_z:
         z = net.encode(x)
-        z_d = z.detach().requires_grad_()
-        out = net.decode(z_d, x.shape[-2:])
+        zs = z if isinstance(z, tuple) else (z,)
+        z_d = tuple(t.detach().requires_grad_() for t in zs)
+        out = net.decode(z_d if isinstance(z, tuple) else z_d[0], x.shape[-2:])
     else:
         out = net(x)
     pairs = labelled(out, tasks, batch)
@@ -153,7 +155,7 @@ def _grad_level(net: nn.Module, balancer: Balancer, tasks, batch, session: Sessi
 
     shared_ids = {id(p) for p in shared}
     step.decoder = [p for p in net.parameters() if p.requires_grad and id(p) not in shared_ids]
-    step.z = z
+    step.z = zs
     step.grad_z, step.grad_decoder = _per_task(step, z_d)
     if info.grad_target == "representation":
         _representation_level(step)
@@ -164,17 +166,17 @@ def _grad_level(net: nn.Module, balancer: Balancer, tasks, batch, session: Sessi
 
 def _representation_level(s: _Step) -> None:
     """The encoder gets z.backward(sum_t c_t dL_t/dz); c from the (all-reduced) Gram matrix."""
-    flat = s.grad_z.flatten(1)
+    flat = s.grad_z
     if s.balancer.has_grad_weights():
         gram = flat @ flat.T
         world = s.session.world_size
         if world > 1:  # the global z gradient is the concatenation of the workers' (each / W)
             gram = s.session.all_reduce_(gram) / world**2
-        direction_z = (s.balancer.grad_weights(gram, s.values).to(flat.dtype) @ flat).view_as(s.z)
+        direction = s.balancer.grad_weights(gram, s.values).to(flat.dtype) @ flat
     else:  # a balancer that needs the vectors themselves: a local combination under DDP
-        direction_z = s.balancer.combine_grads(flat, s.values).view_as(s.z)
+        direction = s.balancer.combine_grads(flat, s.values)
     weights = _objective_weights(s)
-    s.z.backward(direction_z)
+    torch.autograd.backward(s.z, _split(direction, s.z))
     _write_decoder(s, weights)
     s.session.average_grads_([p for p in s.net.parameters() if p.requires_grad])
 
@@ -183,13 +185,14 @@ def _params_via_z(s: _Step, shared: List[nn.Parameter], scope: List[nn.Parameter
     """Per-task gradients of the scope as ONE batched VJP from the per-task z gradients."""
     scope_ids = {id(p) for p in scope}
     rest = [p for p in shared if id(p) not in scope_ids]
-    grads = torch.autograd.grad(s.z, scope, grad_outputs=s.grad_z, is_grads_batched=True, retain_graph=bool(rest),
-                                allow_unused=True)
-    direction = s.balancer.combine_grads(s.session.average_(_flatten(grads, scope, len(s.names))), s.values)
+    rows = len(s.names)
+    grads = torch.autograd.grad(s.z, scope, grad_outputs=_split(s.grad_z, s.z), is_grads_batched=True,
+                                retain_graph=bool(rest), allow_unused=True)
+    direction = s.balancer.combine_grads(s.session.average_(_flatten(grads, scope, rows)), s.values)
     weights = _objective_weights(s)
     if rest:  # shared parameters outside the scope follow the objective (GradNorm's cheap variant)
-        w = torch.stack(weights).to(s.grad_z.dtype).view(-1, *([1] * (s.grad_z.dim() - 1)))
-        torch.autograd.backward(s.z, (w * s.grad_z).sum(0), inputs=rest)
+        w = torch.stack(weights).to(s.grad_z.dtype).view(-1, 1)
+        torch.autograd.backward(s.z, _split((w * s.grad_z).sum(0), s.z), inputs=rest)
     _write_decoder(s, weights)
     s.session.average_grads_(rest + s.decoder)
     _write_flat(scope, direction)
@@ -216,19 +219,32 @@ def _params_generic(s: _Step, scope: List[nn.Parameter]) -> None:
     _write_flat(scope, direction)
 
 
-def _per_task(s: _Step, z_d: Tensor) -> Tuple[Tensor, List[List[Optional[Tensor]]]]:
-    """dL_t/dz [T, *z.shape] and dL_t/d(decoder params) per task (zeros for a task absent here)."""
+def _per_task(s: _Step, z_d: Tuple[Tensor, ...]) -> Tuple[Tensor, List[List[Optional[Tensor]]]]:
+    """dL_t/dz [T, D] (z's tensors flattened and concatenated) and dL_t/d(decoder params) per task
+    (zeros for a task absent here)."""
     grad_z, grad_decoder = [], []
+    k = len(z_d)
     for name in s.names:
         if name not in s.losses:  # labelled on another worker only
-            grad_z.append(torch.zeros_like(z_d))
+            grad_z.append(torch.cat([t.new_zeros(t.numel()) for t in z_d]))
             grad_decoder.append([None] * len(s.decoder))
             continue
         # only the part of the graph that L_t reaches is traversed: its own head for disjoint heads
-        g = torch.autograd.grad(s.losses[name], [z_d] + s.decoder, retain_graph=True, allow_unused=True)
-        grad_z.append(g[0] if g[0] is not None else torch.zeros_like(z_d))
-        grad_decoder.append(list(g[1:]))
+        g = torch.autograd.grad(s.losses[name], list(z_d) + s.decoder, retain_graph=True, allow_unused=True)
+        grad_z.append(torch.cat([(gi if gi is not None else torch.zeros_like(t)).flatten() for gi, t in zip(g[:k], z_d)]))
+        grad_decoder.append(list(g[k:]))
     return torch.stack(grad_z), grad_decoder
+
+
+def _split(flat: Tensor, like: Tuple[Tensor, ...]) -> List[Tensor]:
+    """The inverse of ``_per_task``'s concatenation: [D] -> one tensor shaped as each tensor t of
+    ``like``; [n, D] (per-task rows) -> one [n, *t.shape] block each."""
+    lead = tuple(flat.shape[:-1])
+    out, offset = [], 0
+    for t in like:
+        out.append(flat[..., offset:offset + t.numel()].reshape(*lead, *t.shape))
+        offset += t.numel()
+    return out
 
 
 def _objective_weights(s: _Step) -> List[Tensor]:

@@ -5,8 +5,10 @@ An architecture is built as
     ARCHITECTURES.get(name)(tasks, make_backbone, make_head, params) -> MultiTaskModel
 
 where ``tasks`` maps task name -> Task, ``make_backbone()`` returns a fresh backbone (see
-``trainables.backbones``: ``stages``, ``stage_channels``, ``out_channels``, ...),
-``make_head(task, in_channels)`` a fresh head for that task and ``params`` an instance of the
+``trainables/backbones/base.py``: ``stages``, ``stage_channels``, ``features``, ...),
+``make_head(task, in_channels, low_channels=None)`` a fresh head for that task (give
+``low_channels``, the channels of the backbone's stride-4 features, when the architecture can
+feed them; a head that needs them is refused without) and ``params`` an instance of the
 architecture's ``Params`` dataclass (keyword arguments work too). The caller
 (``trainables/build.py``) decides which backbone and head; the architecture decides how many
 and how they connect. Its capabilities are a frozen ``ArchitectureInfo`` (``INFO``, or
@@ -27,6 +29,11 @@ What the train loop and the balancers rely on:
         linear layer, not the BatchNorm after it): GradNorm's cheap variant takes gradient
         norms w.r.t. its parameters.
     info.supports_multiple_tasks: False for architectures that take exactly one task.
+    load_single_task(task, state): for ``info.init_from_single_task``: load a trained
+        ``single_task`` network's state dict (``backbone.*``, ``heads.<task>.*``) into the part
+        of this model that serves ``task``.
+    param_groups(): the parameters as optimiser groups with a learning-rate multiplier each
+        (cross-stitch / NDDR units train at 100x the base rate); every parameter exactly once.
 """
 from __future__ import annotations
 
@@ -39,7 +46,7 @@ from trainables.plugins import ArchitectureInfo, Configurable
 from trainables.tasks.base import Task
 
 BackboneFactory = Callable[[], nn.Module]
-HeadFactory = Callable[[Task, int], nn.Module]
+HeadFactory = Callable[..., nn.Module]  # (task, in_channels, low_channels=None) -> head
 
 
 class MultiTaskModel(nn.Module, Configurable):
@@ -80,6 +87,13 @@ class MultiTaskModel(nn.Module, Configurable):
 
     def last_shared_module(self) -> nn.Module:
         raise NotImplementedError
+
+    def load_single_task(self, task: str, state: Mapping[str, Tensor]) -> None:
+        raise NotImplementedError(f"{self.label()} does not start from single-task networks")
+
+    def param_groups(self) -> List[Dict[str, Any]]:
+        """[{"name", "params", "lr_mult"}]: one group at the base learning rate by default."""
+        return [{"name": "model", "params": [p for p in self.parameters()], "lr_mult": 1.0}]
 
     def encode(self, x: Tensor) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} has no single shared representation")

@@ -5,13 +5,15 @@ Sec. 2.1 and Fig. 2a ("hard parameter sharing": a shared encoder that branches o
 task-specific heads, refs. [31]-[34]); the "MTL baseline" rows of Tables 3-9. On NYUD-v2 with a
 dilated ResNet-50 and two ASPP heads: 55.8 M params / 267 G FLOPS (Table 3).
 
-The shared representation z is the backbone's output feature map; every head reads it.
+The shared representation z is the backbone's output feature map; every head reads it. With a
+head that also reads the stride-4 features (DeepLab-v3+), z is the pair (stride-4 features,
+last features): both are shared, and representation-level balancers see both.
 
 Hyper-parameters: none.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Sequence
+from typing import Dict, List, Mapping, Sequence, Tuple, Union
 
 from torch import Tensor, nn
 
@@ -23,6 +25,7 @@ from trainables.architectures.base import (
     last_weight_layer,
     params_of,
 )
+from trainables.heads.base import apply_head
 from trainables.plugins import ArchitectureInfo
 from trainables.registry import register_architecture
 from trainables.tasks.base import Task
@@ -38,15 +41,23 @@ class MTLBaseline(MultiTaskModel):
                  params=None, **kwargs):
         super().__init__(tasks, params, **kwargs)
         self.backbone = make_backbone()
+        low = self.backbone.low_level_index()
+        low_channels = None if low is None else self.backbone.stage_channels[low]
         self.heads = nn.ModuleDict(
-            {name: make_head(task, self.backbone.out_channels) for name, task in self.tasks.items()}
+            {name: make_head(task, self.backbone.out_channels, low_channels) for name, task in self.tasks.items()}
         )
+        # the stage whose output low-level heads also read (None: no head reads one)
+        self.low_level = low if any(head.INFO.low_level for head in self.heads.values()) else None
 
-    def encode(self, x: Tensor) -> Tensor:
-        return self.backbone(x)
+    def encode(self, x: Tensor) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+        if self.low_level is None:
+            return self.backbone(x)
+        features = self.backbone.features(x)
+        return features[self.low_level], features[-1]
 
-    def decode(self, z: Tensor, input_hw: Sequence[int]) -> Dict[str, Tensor]:
-        return self.resize_outputs({name: head(z) for name, head in self.heads.items()}, input_hw)
+    def decode(self, z: Union[Tensor, Tuple[Tensor, Tensor]], input_hw: Sequence[int]) -> Dict[str, Tensor]:
+        low, high = z if isinstance(z, tuple) else (None, z)
+        return self.resize_outputs({name: apply_head(head, high, low) for name, head in self.heads.items()}, input_hw)
 
     def shared_parameters(self) -> List[nn.Parameter]:
         return params_of(self.backbone)

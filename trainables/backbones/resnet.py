@@ -37,9 +37,9 @@ from dataclasses import dataclass
 from typing import ClassVar, Optional
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from trainables.plugins import Configurable
+from trainables.backbones.base import Backbone
 from trainables.registry import register_backbone
 
 
@@ -52,7 +52,7 @@ class ResNetParams:
     weights_path: Optional[str] = None
 
 
-class ResNetBackbone(nn.Module, Configurable):
+class ResNetBackbone(Backbone):
     """A torchvision ResNet without its classifier, exposed as five stages."""
 
     Params = ResNetParams
@@ -82,13 +82,6 @@ class ResNetBackbone(nn.Module, Configurable):
         self.stages = nn.ModuleList([stem, net.layer1, net.layer2, net.layer3, net.layer4])
         self.stage_channels = [64] + [_block_out_channels(layer) for layer in self.stages[1:]]
         self.stage_strides = [4, 4, 8, 8, 8] if params.dilated else [4, 4, 8, 16, 32]
-        self.out_channels = self.stage_channels[-1]
-        self.output_stride = self.stage_strides[-1]
-
-    def forward(self, x: Tensor) -> Tensor:
-        for stage in self.stages:
-            x = stage(x)
-        return x
 
 
 def _dilate_basic_layer(layer: nn.Sequential, dilation: int) -> None:

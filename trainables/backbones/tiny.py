@@ -6,9 +6,10 @@ the same kind of boundaries (stem + 3 stages), a dense feature map at a small ou
 and, like the dilated ResNet, stages past the output stride keep their resolution and dilate
 instead of downsampling.
 
-Layout: 4 stages, each ``conv3x3 - BN - ReLU - conv3x3 - BN - ReLU``; the first conv of a
-stage has stride 2 until the output stride is reached, after that stride 1 and the dilation
-of both convs doubles per stage. With the defaults on a 64 x 64 input:
+Layout: 4 stages, each two blocks ``conv3x3 - BN - ReLU`` (so a stage's last block is its
+second conv, as the backbone contract asks); the first conv of a stage has stride 2 until the
+output stride is reached, after that stride 1 and the dilation of both convs doubles per
+stage. With the defaults on a 64 x 64 input:
 
     stage        0 (stem)   1          2          3
     channels     16         32         64         96
@@ -29,9 +30,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Tuple
 
-from torch import Tensor, nn
+from torch import nn
 
-from trainables.plugins import Configurable
+from trainables.backbones.base import Backbone
 from trainables.registry import register_backbone
 
 
@@ -60,16 +61,16 @@ def _is_positive_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
-def _conv_bn_relu(cin: int, cout: int, stride: int, dilation: int) -> list[nn.Module]:
-    return [
+def _conv_bn_relu(cin: int, cout: int, stride: int, dilation: int) -> nn.Sequential:
+    return nn.Sequential(
         nn.Conv2d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation, bias=False),
         nn.BatchNorm2d(cout),
         nn.ReLU(inplace=True),
-    ]
+    )
 
 
 @register_backbone("tiny_cnn")
-class TinyCNN(nn.Module, Configurable):
+class TinyCNN(Backbone):
     """Tiny 4-stage conv encoder (16-32-64-96 channels, output stride 8) for CPU smoke runs."""
 
     Params = TinyCNNParams
@@ -84,17 +85,9 @@ class TinyCNN(nn.Module, Configurable):
                 step, stride = 2, stride * 2
             else:
                 step, dilation = 1, dilation * 2
-            layers = _conv_bn_relu(cin, cout, step, dilation) + _conv_bn_relu(cout, cout, 1, dilation)
-            stages.append(nn.Sequential(*layers))
+            stages.append(nn.Sequential(_conv_bn_relu(cin, cout, step, dilation), _conv_bn_relu(cout, cout, 1, dilation)))
             strides.append(stride)
             cin = cout
         self.stages = nn.ModuleList(stages)
         self.stage_channels = list(p.widths)
         self.stage_strides = strides
-        self.out_channels = p.widths[-1]
-        self.output_stride = p.output_stride
-
-    def forward(self, x: Tensor) -> Tensor:
-        for stage in self.stages:
-            x = stage(x)
-        return x

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainables.plugins import Configurable
+from trainables.heads.base import Head
 from trainables.registry import register_head
 
 
@@ -88,7 +88,7 @@ class _ImagePooling(nn.Module):
 
 
 @register_head("aspp")
-class ASPPHead(nn.Module, Configurable):
+class ASPPHead(Head):
     """DeepLab-v3 ASPP head (survey's NYUD/Cityscapes decoder): 5 branches, 3x3 conv, classifier."""
 
     Params = ASPPParams

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from trainables.plugins import Configurable
+from trainables.heads.base import Head
 from trainables.registry import register_head
 
 
@@ -30,7 +30,7 @@ class ConvHeadParams:
 
 
 @register_head("conv")
-class ConvHead(nn.Module, Configurable):
+class ConvHead(Head):
     """Light dense head: 3x3 conv (mid_channels) + BN + ReLU, then a 1x1 conv to the output."""
 
     Params = ConvHeadParams

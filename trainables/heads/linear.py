@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from trainables.plugins import Configurable
+from trainables.heads.base import Head
 from trainables.registry import register_head
 
 
@@ -29,7 +29,7 @@ class LinearHeadParams:
 
 
 @register_head("linear")
-class LinearHead(nn.Module, Configurable):
+class LinearHead(Head):
     """Image-level head: global average pool + linear layer -> [B, out_channels]."""
 
     Params = LinearHeadParams
