@@ -74,7 +74,7 @@ def test_mtl_list_unknown_kind_fails(capsys):
 # -- the plug-in platform: one Params dataclass per plug-in, one check for every kind ------------
 # the arguments a plug-in's constructor takes besides its parameters, per kind
 STRUCTURAL = {"balancer": {"task_names", "context"}, "architecture": {"tasks", "make_backbone", "make_head"},
-              "backbone": set(), "head": {"in_channels", "out_channels"}, "task": {"name"},
+              "backbone": set(), "head": {"in_channels", "out_channels", "low_channels"}, "task": {"name"},
               "dataset": {"root", "split", "tasks", "augment"}}
 PLUGINS = [(kind, name) for kind, registry in REGISTRIES.items() for name in registry.names()]
 

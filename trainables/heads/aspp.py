@@ -35,6 +35,12 @@ Hyper-parameters:
 
 Note: in training mode the image-pooling branch's BN sees one value per image and channel, so
 it needs batches of at least 2 images (as in every DeepLab-v3 implementation).
+
+``ASPP`` (the five branches + the projection + dropout) is the block the ``deeplabv3plus`` head
+reuses. ``ASPPHead`` extends it with the 3x3 conv and the classifier rather than holding it as
+a child, so its modules keep their creation order and state-dict keys (``branches.*``,
+``project.*``, ``refine.*``, ``classifier.*``) - checkpoints written before the block was
+factored out still load.
 """
 from __future__ import annotations
 
@@ -87,25 +93,36 @@ class _ImagePooling(nn.Module):
         return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
+class ASPP(nn.Module):
+    """The ASPP block: five parallel branches (1x1, three atrous 3x3, image pooling), each
+    ``channels`` wide, concatenated and projected to ``channels`` by a 1x1 conv + BN + ReLU,
+    then dropout. [B, in_channels, h, w] -> [B, channels, h, w]."""
+
+    def __init__(self, in_channels: int, channels: int, rates: Tuple[int, int, int], dropout: float):
+        super().__init__()
+        self.branches = nn.ModuleList(
+            [_conv_bn_relu(in_channels, channels)]
+            + [_conv_bn_relu(in_channels, channels, kernel=3, dilation=r) for r in rates]
+            + [_ImagePooling(in_channels, channels)]
+        )
+        self.project = nn.Sequential(*_conv_bn_relu(5 * channels, channels), nn.Dropout(dropout))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.project(torch.cat([branch(x) for branch in self.branches], dim=1))
+
+
 @register_head("aspp")
-class ASPPHead(Head):
+class ASPPHead(ASPP, Head):
     """DeepLab-v3 ASPP head (survey's NYUD/Cityscapes decoder): 5 branches, 3x3 conv, classifier."""
 
     Params = ASPPParams
 
     def __init__(self, in_channels: int, out_channels: int, params=None, **kwargs):
-        super().__init__()
-        self.params = p = self.resolve_params(params, kwargs)
-        c = p.channels
-        self.branches = nn.ModuleList(
-            [_conv_bn_relu(in_channels, c)]
-            + [_conv_bn_relu(in_channels, c, kernel=3, dilation=r) for r in p.rates]
-            + [_ImagePooling(in_channels, c)]
-        )
-        self.project = nn.Sequential(*_conv_bn_relu(5 * c, c), nn.Dropout(p.dropout))
-        self.refine = _conv_bn_relu(c, c, kernel=3)
-        self.classifier = nn.Conv2d(c, out_channels, 1)
+        p = self.resolve_params(params, kwargs)
+        super().__init__(in_channels, p.channels, p.rates, p.dropout)  # the ASPP block: branches, project
+        self.params = p
+        self.refine = _conv_bn_relu(p.channels, p.channels, kernel=3)
+        self.classifier = nn.Conv2d(p.channels, out_channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        y = torch.cat([branch(x) for branch in self.branches], dim=1)
-        return self.classifier(self.refine(self.project(y)))
+        return self.classifier(self.refine(super().forward(x)))
