@@ -26,12 +26,12 @@ What the train loop and the balancers rely on:
         forward(x) == decode(encode(x), x.shape[-2:]). Balancers with grad_target
         "representation" (MGDA-UB, IAL) need it; the plan refuses the pair otherwise.
     last_shared_module(): the last shared layer with a weight matrix or kernel (a conv or a
-        linear layer, not the BatchNorm after it): GradNorm's cheap variant takes gradient
-        norms w.r.t. its parameters.
+        linear layer, not the BatchNorm after it) or, for soft-sharing models, the last mixing
+        layer: GradNorm's cheap variant takes gradient norms w.r.t. its parameters.
     info.supports_multiple_tasks: False for architectures that take exactly one task.
     load_single_task(task, state): for ``info.init_from_single_task``: load a trained
         ``single_task`` network's state dict (``backbone.*``, ``heads.<task>.*``) into the part
-        of this model that serves ``task``.
+        of this model that serves ``task``; keys that do not fit are a ValueError naming them.
     param_groups(): the parameters as optimiser groups with a learning-rate multiplier each
         (cross-stitch / NDDR units train at 100x the base rate); every parameter exactly once.
 """
