@@ -106,8 +106,9 @@ def ensure_baselines(
 def best_baselines(results: Sequence[dict], directions: Dict[str, bool]) -> Dict[str, dict]:
     """Per task: the setting with the best mean validation score over seeds (never test).
 
-    Returns task -> {"setting_hash", "val": {key: mean}, "test": {key: mean}} where keys are
-    the task's "task/metric" entries.
+    Returns task -> {"setting_hash", "val": {key: mean}, "test": {key: mean}, "checkpoint"}
+    where keys are the task's "task/metric" entries and "checkpoint" is the trained network of
+    that setting's lowest seed (what cross-stitch / NDDR start from).
     """
     by_task: Dict[str, List[tuple]] = defaultdict(list)  # task -> [(setting hash, result)]
     for r in results:
@@ -119,9 +120,9 @@ def best_baselines(results: Sequence[dict], directions: Dict[str, bool]) -> Dict
         setting = best_setting(runs, setting=lambda run: run[0], score=lambda run: run[1]["metrics"].get("val_score"))
         if setting is None:
             continue
-        chosen = [r for h, r in runs if h == setting]
+        chosen = sorted((r for h, r in runs if h == setting), key=lambda r: r["config"]["seed"])
         best[task] = {"setting_hash": setting, "val": _mean_metrics(chosen, "val/", task),
-                      "test": _mean_metrics(chosen, "test/", task)}
+                      "test": _mean_metrics(chosen, "test/", task), "checkpoint": chosen[0].get("checkpoint_path", "")}
     missing = sorted({k.split("/")[0] for k in directions} - set(best))
     if missing:
         raise RuntimeError(f"no single-task baseline finished for tasks {missing}; see the errors above")

@@ -25,6 +25,10 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("results", help="results.parquet or a study directory")
     rep.add_argument("--format", default="markdown", choices=("markdown", "csv", "latex"))
 
+    models = sub.add_parser("models", help="every model of a study with #P and FLOPS at its real input size "
+                                           "(nothing is trained; paper columns when the preset reproduces a table)")
+    models.add_argument("study", help="preset name or path to a spec .yaml")
+
     data = sub.add_parser("data", help="dataset tools")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     chk = data_sub.add_parser("check", help="check a dataset on disk; prints a JSON summary")
@@ -38,14 +42,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(study: str):
-    from orchestrator.spec import load_spec
+    from orchestrator.spec import SpecError, load_spec
     from search_spaces import PRESETS, preset
 
     if study in PRESETS:
         return load_spec(preset(study))
     if os.path.exists(study) or study.endswith((".yaml", ".yml")):
         return load_spec(study)
-    raise SystemExit(f"mtl run: {study!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor a spec file")
+    raise SpecError(f"{study!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor a spec file")
 
 
 # command-line flag (argparse dest) -> the spec field it overrides
@@ -107,6 +111,19 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_models(args) -> int:
+    from orchestrator.sizes import model_sizes, render
+    from orchestrator.spec import SpecError
+
+    try:
+        spec = _load(args.study)
+        print(render(spec, model_sizes(spec)))
+    except SpecError as err:
+        print(f"mtl models: invalid study spec: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_data(args) -> int:
     import json
 
@@ -160,7 +177,8 @@ def _capabilities(cls) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    return {"run": cmd_run, "report": cmd_report, "data": cmd_data, "list": cmd_list}[args.command](args)
+    commands = {"run": cmd_run, "report": cmd_report, "models": cmd_models, "data": cmd_data, "list": cmd_list}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,8 @@ class Experiment:
 
     ``base`` holds everything its trials share; ``trial_configs`` sets each grid setting and
     seed on it. It becomes a plain dict only at the Tune boundary (``orchestrator/tuning.py``).
+    ``baselines`` names the single-task experiments (same backbone and head) that a multi-task
+    experiment is measured against and, for cross-stitch / NDDR, starts from.
     """
 
     name: str
@@ -50,6 +52,7 @@ class Experiment:
     settings: Tuple[dict, ...]      # grid settings ({"batch_size", "scheduler", "optimizer", "lr"})
     seeds: Tuple[int, ...]
     weight_search: Optional[LossWeightSearch] = None  # Optuna over fixed weights instead of the grid
+    baselines: Tuple[str, ...] = ()
 
     def trial_configs(self) -> List[TrialConfig]:
         return [dataclasses.replace(self.base, **s, seed=seed) for s in self.settings for seed in self.seeds]
@@ -151,6 +154,7 @@ def expand(spec: StudySpec, info: DatasetInfo, data_root: Optional[str]) -> Tupl
     baselines: Dict[str, Experiment] = {}
     experiments = []
     for exp, model in zip(spec.experiments, models):
+        names = []
         for task in spec.tasks:
             suffix = f"[{model.backbone.name}+{model.head.name}]" if len(encoders) > 1 else ""
             name = f"{SINGLE_TASK}{suffix}/{task}"
@@ -158,11 +162,12 @@ def expand(spec: StudySpec, info: DatasetInfo, data_root: Optional[str]) -> Tupl
             baselines.setdefault(name, Experiment(
                 name, SINGLE_TASK, dataclasses.replace(common, experiment=name, tasks=(task,), model=single),
                 settings, seeds))
+            names.append(name)
         experiments.append(Experiment(
             exp.name, "multi_task",
             dataclasses.replace(common, experiment=exp.name, model=model, balancer=exp.balancer,
                                 primary_task=exp.primary_task or spec.primary_task),
-            settings, seeds, exp.weight_search))
+            settings, seeds, exp.weight_search, tuple(names)))
     return list(baselines.values()), experiments
 
 

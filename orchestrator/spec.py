@@ -180,6 +180,23 @@ class ResourcesSpec:
 
 
 @dataclass(frozen=True)
+class ReferenceRow:
+    """A paper's numbers for one model: #P (M) and FLOPS (G multiply-accumulates)."""
+
+    params_m: Optional[float] = None
+    flops_g: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class ReferenceTable:
+    """The paper table a preset reproduces; ``rows`` keyed by experiment name, "single_task"
+    for the single-task networks together. ``mtl models`` prints it beside the measured sizes."""
+
+    source: str
+    rows: Mapping[str, ReferenceRow] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class StudySpec:
     name: str
     tasks: Tuple[str, ...]
@@ -192,6 +209,7 @@ class StudySpec:
     resources: ResourcesSpec = ResourcesSpec()
     primary_task: Optional[str] = None
     description: str = ""
+    reference: Optional[ReferenceTable] = None
 
     def __post_init__(self):
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
@@ -214,6 +232,11 @@ class StudySpec:
             if exp.weight_search is not None and exp.balancer.name != "fixed":
                 raise SpecError(f"experiments[{i}].weight_search: searches the 'fixed' balancer's weights; "
                                 f"this experiment uses balancer {exp.balancer.name!r}")
+        if self.reference is not None:
+            known = {"single_task"} | set(names)
+            unknown = sorted(set(self.reference.rows) - known)
+            if unknown:
+                raise SpecError(f"reference.rows: {unknown} are neither 'single_task' nor experiments {names}")
         if self.search.asha and self.search.grace_period > self.train.epochs:
             raise SpecError(f"search.grace_period: {self.search.grace_period} exceeds train.epochs {self.train.epochs}")
 

@@ -17,7 +17,7 @@ from orchestrator.plan import Experiment, complexity, expand, smoke, validate
 from orchestrator.ray_env import cluster_resources, start_ray
 from orchestrator.spec import SpecError, StudySpec
 from orchestrator.tuning import check_fits, run_experiment, slots
-from trainables.build import build_dataset, build_tasks, primary_directions
+from trainables.build import architecture_info, build_dataset, build_tasks, prepare_model, primary_directions
 from trainables.config import TrialConfig
 from trainables.delta import delta_m
 from trainables.registry import DATASETS
@@ -40,6 +40,12 @@ def run_study(spec: StudySpec, storage: str = DEFAULT_STORAGE, smoke_run: bool =
     cache_dir = os.path.join(storage, "_cache", "baselines")
     log(f"study {spec.name!r}: dataset {spec.dataset.name}, tasks {list(spec.tasks)}, "
         f"{len(spec.experiments)} experiment(s){' [smoke]' if smoke_run else ''}")
+    models = [exp.model(spec) for exp in spec.experiments]
+    for model in {json.dumps(m.to_dict(), sort_keys=True): m for m in models}.values():
+        try:
+            prepare_model(model)  # e.g. pretrained weights: fetched here or refused in one line
+        except ValueError as err:
+            raise SpecError(str(err)) from None
     data_root = os.path.abspath(os.path.expanduser(spec.dataset.root)) if spec.dataset.root else None
     DATASETS.get(spec.dataset.name).prepare(data_root, **dict(spec.dataset.params))  # generate / check once
     single, multi = expand(spec, info, data_root)
@@ -73,25 +79,34 @@ def run_study(spec: StudySpec, storage: str = DEFAULT_STORAGE, smoke_run: bool =
         [c for e in single for c in e.trial_configs()], cache_dir, actors,
         {"num_cpus": res.cpus_per_worker, "num_gpus": res.gpus_per_worker}, log)
     directions = primary_directions(build_tasks(spec.dataset.plugin, spec.tasks))
-    best = bl.best_baselines(base_results, directions)
-    baseline_val = {k: best[k.split("/")[0]]["val"][k] for k in directions}
-    baseline_test = {k: best[k.split("/")[0]]["test"][k] for k in directions}
+    by_experiment: Dict[str, List[dict]] = {}
+    for r in base_results:
+        by_experiment.setdefault(r["config"]["experiment"], []).append(r)
     common = dict(study=spec.name, run_id=run_id, delta_baseline="single-task networks, best grid setting on val")
 
     rows: List[Dict[str, Any]] = []
     complexity_cache: Dict[str, tuple] = {}
     for exp in single:
-        exp_rows = [_row(r, exp, common, complexity_cache, directions, baseline_val, baseline_test)
-                    for r in base_results if r["config"]["experiment"] == exp.name]
         task = exp.base.tasks[0]
+        mine = by_experiment.get(exp.name, [])
+        chosen = bl.best_baselines(mine, {k: v for k, v in directions.items() if k.split("/")[0] == task})
+        exp_rows = [_row(r, exp, common, complexity_cache, directions, chosen[task]["val"], chosen[task]["test"])
+                    for r in mine]
         for row in exp_rows:
-            row["selected"] = row["setting_hash"] == best[task]["setting_hash"] and row["status"] == "completed"
+            row["selected"] = row["setting_hash"] == chosen[task]["setting_hash"] and row["status"] == "completed"
         rows += _write(exp_rows, run_dir, exp.name)
 
     for exp in multi:
         log(f"experiment {exp.name}: {len(exp.settings) * len(exp.seeds)} trial(s) through Ray Tune")
+        best = bl.best_baselines([r for name in exp.baselines for r in by_experiment.get(name, [])], directions)
+        baseline_val = {k: best[k.split("/")[0]]["val"][k] for k in directions}
+        baseline_test = {k: best[k.split("/")[0]]["test"][k] for k in directions}
+        init = {}
+        if architecture_info(exp.base.model.architecture).init_from_single_task:
+            init = {task: best[task]["checkpoint"] for task in exp.base.tasks}
+            log(f"  {exp.name} starts from the single-task networks: {init}")
         exp = dataclasses.replace(exp, base=dataclasses.replace(exp.base, baseline_val=baseline_val,
-                                                                baseline_test=baseline_test))
+                                                                baseline_test=baseline_test, init_checkpoints=init))
         outcomes = run_experiment(exp, spec.search, res, os.path.join(study_dir, "tune"), cluster, verbose)
         exp_rows = [_row(o, exp, common, complexity_cache, directions, baseline_val, baseline_test)
                     for o in outcomes]

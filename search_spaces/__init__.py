@@ -5,6 +5,7 @@ from typing import Dict
 
 from search_spaces import balancing_survey, balancing_synthetic, ial_synthetic, jtr_nyuv2_onelabel
 from search_spaces import quickstart, survey_celeba, survey_nyud, survey_pascal, survey_synthetic
+from search_spaces import survey_cityscapes, survey_encoder_synthetic, survey_taskonomy
 
 PRESETS: Dict[str, dict] = {
     "quickstart": quickstart.SPEC,
@@ -12,6 +13,11 @@ PRESETS: Dict[str, dict] = {
     "balancing_synthetic": balancing_synthetic.SPEC,
     "ial_synthetic": ial_synthetic.SPEC,
     "survey_nyud": survey_nyud.SPEC,
+    "survey_nyud_synthetic": survey_encoder_synthetic.NYUD_TWIN,
+    "survey_cityscapes": survey_cityscapes.SPEC,
+    "survey_cityscapes_synthetic": survey_encoder_synthetic.CITYSCAPES_TWIN,
+    "survey_taskonomy": survey_taskonomy.SPEC,
+    "survey_taskonomy_synthetic": survey_encoder_synthetic.TASKONOMY_TWIN,
     "jtr_nyuv2_onelabel": jtr_nyuv2_onelabel.SPEC,
     "survey_pascal": survey_pascal.SPEC,
     "survey_celeba": survey_celeba.SPEC,

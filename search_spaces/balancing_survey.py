@@ -11,7 +11,7 @@ BALANCERS = ("fixed", "uncertainty", "gradnorm", "dwa", "mgda")
 
 
 def balancing(base: dict, name: str) -> dict:
-    return {**base, "name": name, "description": f"Survey Table 11 on {base['dataset']['name']}: "
+    return {**base, "name": name, "reference": None, "description": f"Survey Table 11 on {base['dataset']['name']}: "
             f"{', '.join(BALANCERS)} on the MTL baseline",
             "experiments": [{"name": b, "architecture": "mtl_baseline", "balancer": b} for b in BALANCERS]}
 
@@ -22,5 +22,5 @@ CITYSCAPES_SPEC = balancing({
     **NYUD,
     "dataset": {"name": "cityscapes"},
     "tasks": ["semseg", "instance_center", "depth"],
-    "head": "aspp",  # the survey's PSP head is not registered; ASPP stands in (see DESIGN.md heads)
+    "head": "psp",  # Table 4's head
 }, "balancing_cityscapes")

@@ -2,7 +2,8 @@
 
 Vandenhende et al., TPAMI 2021, Sec. 4.3.2: semseg, human parts, saliency, normals and edges
 on PASCAL-Context (PASCAL_MT layout, 512 x 512). The tables reuse ASTMT's dilated ResNet-26 +
-DeepLab-v3+, which is not available here; this preset follows the survey code's own PASCAL
+DeepLab-v3+ (registered here as resnet26 and deeplabv3plus, without ASTMT's squeeze-and-excitation
+modules and narrow decoder, see their docstrings); this preset follows the survey code's own PASCAL
 ResNet-18 config instead (``configs/pascal/resnet18``: dilated ResNet-18, ASPP heads, Adam 1e-4,
 poly, batch 6, 100 epochs) with its fixed loss weights (semseg 1, human parts 2, saliency 5,
 edge 50, normals 10). Saliency is scored by mIoU as in the tables. Needs ``--data-root``.

@@ -115,10 +115,16 @@ def test_survey_nyud_preset_smoke_on_a_fixture_tree(ray_session, tmp_path):
     _nyud_writer()(root)
     assert main(["run", "survey_nyud", "--smoke", "--data-root", str(root), "--storage", str(tmp_path / "runs")]) == 0
     rows = read_rows(str(tmp_path / "runs" / "survey_nyud"))
-    multi = [r for r in rows if r["role"] == "multi_task"]
-    assert multi and multi[0]["status"] == "completed"
-    # #P of the NYUD MTL baseline at the survey's size: 55.8 M (Table 3)
-    assert multi[0]["params"] / 1e6 == pytest.approx(55.8, abs=0.1)
+    multi = {r["experiment"]: r for r in rows if r["role"] == "multi_task"}
+    assert set(multi) == {"mtl_baseline", "mtan", "cross_stitch", "nddr_cnn"}
+    assert all(r["status"] == "completed" for r in multi.values()), {k: r["error"] for k, r in multi.items()}
+    # #P at the survey's size (Table 3): MTL baseline 55.8 M, cross-stitch 79.3 M
+    assert multi["mtl_baseline"]["params"] / 1e6 == pytest.approx(55.8, abs=0.1)
+    assert multi["cross_stitch"]["params"] / 1e6 == pytest.approx(79.3, abs=0.1)
+    # cross-stitch and NDDR started from the study's single-task networks (their cached checkpoints)
+    for name in ("cross_stitch", "nddr_cnn"):
+        init = json.loads(multi[name]["config_json"])["init_checkpoints"]
+        assert set(init) == {"semseg", "depth"} and all(os.path.isfile(os.path.join(p, "state.pt")) for p in init.values())
 
 
 def test_data_parallel_trial_with_two_workers(first_run):

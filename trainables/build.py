@@ -97,6 +97,12 @@ def build_model(tasks: Mapping[str, Task], model: Union[ModelRef, Mapping[str, A
     return arch_cls(dict(tasks), make_backbone, make_head, params=arch_params)
 
 
+def prepare_model(model: ModelRef) -> None:
+    """Driver-side work a model needs before Ray starts (e.g. fetching pretrained backbone
+    weights); a ValueError names the plug-in and the fix."""
+    BACKBONES.get(model.backbone.name).prepare(params_for(BACKBONES, model.backbone))
+
+
 def architecture_info(ref: Ref) -> ArchitectureInfo:
     """The capabilities of architecture ``ref``, from its class and params (nothing is built)."""
     ref = Plugin.of(ref, "architecture")

@@ -39,6 +39,9 @@ class TrialConfig:
             ``context``.
         label_file: a label-mask file (trainables/datasets/partial.py) applied to the training
             split, so that every model of a study sees the same partial labels.
+        init_checkpoints: task -> the checkpoint (a folder holding state.pt, or the file) of a
+            trained single-task network that the model starts from; the study fills it for
+            architectures with ``ArchitectureInfo.init_from_single_task`` (cross-stitch, NDDR).
     """
 
     experiment: str
@@ -63,6 +66,7 @@ class TrialConfig:
     baseline_test: Mapping[str, float] = field(default_factory=dict)
     primary_task: Optional[str] = None
     label_file: Optional[str] = None
+    init_checkpoints: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
         for name in ("dataset", "balancer"):  # a name or a {name, params} mapping is a Plugin
@@ -90,6 +94,9 @@ class TrialConfig:
             raise ConfigError(f"step_milestones: {self.step_milestones} must be fractions in (0, 1)")
         if self.primary_task is not None and self.primary_task not in self.tasks:
             raise ConfigError(f"primary_task: {self.primary_task!r} is not one of the tasks {list(self.tasks)}")
+        unknown = sorted(set(self.init_checkpoints) - set(self.tasks))
+        if unknown:
+            raise ConfigError(f"init_checkpoints: tasks {unknown} are not among the tasks {list(self.tasks)}")
 
     @property
     def context(self) -> RunContext:

@@ -10,6 +10,7 @@ on its shard of the split, and the session all-reduces them.
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from typing import Any, Dict, Mapping
@@ -23,9 +24,15 @@ from trainables.build import build_balancer, build_dataset, build_model, build_t
 from trainables.config import TrialConfig
 from trainables.delta import delta_m
 from trainables.optim import make_optimizer, make_scheduler
-from trainables.session import Session
+from trainables.session import STATE_FILE, Session
 from trainables.steps import labelled, training_step
 from trainables.tasks.base import Task
+
+
+def load_state(checkpoint: str) -> Dict[str, Any]:
+    """A training state saved by ``Session.report``: from its folder or the state.pt itself."""
+    path = os.path.join(checkpoint, STATE_FILE) if os.path.isdir(checkpoint) else checkpoint
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def seed_everything(seed: int) -> None:
@@ -96,7 +103,10 @@ def fit(cfg: TrialConfig, session: Session) -> Dict[str, Any]:
         train_set = LabelMasked.from_file(train_set, cfg.label_file, cfg.tasks)
     val_set = build_dataset(cfg.dataset, cfg.data_root, "val", cfg.tasks)
 
-    model = build_model(tasks, cfg.model).to(session.device)
+    model = build_model(tasks, cfg.model)
+    for task, checkpoint in cfg.init_checkpoints.items():  # cross-stitch, NDDR: start from single-task nets
+        model.load_single_task(task, load_state(checkpoint)["model"])
+    model = model.to(session.device)
     balancer = build_balancer(cfg.balancer, cfg.tasks, cfg.context).to(session.device)
     per_worker_batch = max(1, cfg.batch_size // session.world_size)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -105,7 +115,11 @@ def fit(cfg: TrialConfig, session: Session) -> Dict[str, Any]:
     steps = len(loader) if cfg.max_steps_per_epoch is None else min(len(loader), cfg.max_steps_per_epoch)
     if steps == 0:
         raise ValueError(f"batch_size {cfg.batch_size} exceeds the {len(train_set)} training samples")
-    optimizer = make_optimizer(cfg, list(model.parameters()) + list(balancer.parameters()))
+    # the architecture's groups (e.g. cross-stitch units at 100x the base rate), then the balancer's;
+    # LambdaLR scales every group's own initial rate, so the ratios hold for the whole run
+    groups = [{"params": g["params"], "lr": cfg.lr * g["lr_mult"]} for g in model.param_groups()]
+    groups.append({"params": list(balancer.parameters()), "lr": cfg.lr})
+    optimizer = make_optimizer(cfg, [g for g in groups if g["params"]])
     scheduler = make_scheduler(cfg, optimizer, steps)
 
     start_epoch, last = 0, {}

@@ -198,3 +198,22 @@ def test_incompatible_balancer_architecture_pair_is_refused_before_ray(tmp_path,
         with pytest.raises(SpecError, match=r"^experiments\[0\]: balancer '(ial|imtl)' balances gradients"):
             validate(load_spec(quick(primary_task="depth",
                                      experiments=[{"name": "m", "architecture": two_towers, "balancer": balancer}])))
+
+
+def test_pretrained_weights_that_cannot_be_fetched_stop_the_run_before_ray(tmp_path, capsys, no_ray, monkeypatch):
+    """`pretrained: imagenet` on a machine without internet: one line before Ray, saying how to pass
+    a local file (the download is refused here; tests never open a connection)."""
+    import torch
+    from urllib.error import URLError
+
+    def offline(url, dst, *args, **kwargs):
+        raise URLError("no network")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    spec = quick(backbone={"name": "resnet18", "params": {"pretrained": "imagenet"}})
+    code, err = _run(tmp_path, capsys, spec)
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "backbone 'resnet18': pretrained: imagenet needs resnet18-f37072fd.pth" in err
+    assert "pass backbone.params.weights_path: /path/to/resnet18-f37072fd.pth" in err
+    assert not (tmp_path / "runs").exists()

@@ -120,3 +120,35 @@ def test_epoch_mean_loss_skips_batches_that_do_not_label_the_task(tmp_path, monk
     assert session.reports[0]["train/semseg/loss"] == pytest.approx(2.0)
     assert session.reports[0]["train/depth/loss"] == pytest.approx(4.0)  # not (4 + 0 + 4 + 0) / 4
     assert seen == [{"semseg": pytest.approx(2.0), "depth": pytest.approx(4.0)}]
+
+
+def test_cross_stitch_starts_from_single_task_nets_and_keeps_its_unit_learning_rate(tmp_path):
+    """The study hands cross-stitch its single-task networks (init_checkpoints) and fit loads them;
+    the units train at lr_mult x the base rate for the whole run (the survey's code loses its 100x
+    after the first epoch)."""
+    from trainables.build import build_model, build_tasks
+    from trainables.train_loop import load_state
+
+    single = {t: str(tmp_path / f"single_{t}") for t in ("semseg", "depth")}
+    for task, folder in single.items():
+        fit(tiny(tmp_path, experiment=f"single/{task}", tasks=(task,), model={"architecture": "single_task"}),
+            Session(device=torch.device("cpu"), checkpoint_dir=folder))
+    cfg = tiny(tmp_path, model={"architecture": "cross_stitch"}, init_checkpoints=single, optimizer="sgd", lr=1e-9)
+    ckpt = str(tmp_path / "cross_stitch")
+    fit(cfg, Session(device=torch.device("cpu"), checkpoint_dir=ckpt))
+
+    expected = build_model(build_tasks(cfg.dataset, cfg.tasks), cfg.model)
+    for task, folder in single.items():
+        expected.load_single_task(task, load_state(folder)["model"])
+    trained = load_state(ckpt)["model"]
+    # at lr 1e-9 every weight is still the single-task network's it was loaded from
+    for name, p in expected.named_parameters():
+        torch.testing.assert_close(trained[name], p.detach(), rtol=0, atol=1e-6)
+
+    groups = load_state(ckpt)["optimizer"]["param_groups"]
+    declared = expected.param_groups()
+    unit = next(i for i, g in enumerate(declared) if g["lr_mult"] != 1.0)
+    base = next(i for i, g in enumerate(declared) if g["lr_mult"] == 1.0)
+    factor = groups[base]["lr"] / cfg.lr  # the poly schedule after the last epoch
+    assert 0 < factor < 1 and declared[unit]["lr_mult"] == 100.0
+    assert groups[unit]["lr"] == pytest.approx(100.0 * cfg.lr * factor)
