@@ -317,21 +317,29 @@ def _survey_nostride_dilate(module, dilate):
                 m.dilation, m.padding = (dilate,) * 2, (dilate,) * 2
 
 
-def test_dilated_resnet26_matches_the_survey_rule():
+@pytest.mark.parametrize("name", ["resnet18", "resnet26"])
+def test_dilated_resnets_match_the_survey_rule(name):
+    """Every conv's stride, dilation and padding as the survey code's ResnetDilated gives them;
+    ResNet-18's BasicBlocks are converted here (torchvision refuses to dilate them)."""
+    import torchvision
     from torchvision.models.resnet import Bottleneck, ResNet
 
-    ours = BACKBONES.get("resnet26")(dilated=True)
-    ref = ResNet(Bottleneck, [2, 2, 2, 2])
+    ours = BACKBONES.get(name)(dilated=True)
+    ref = torchvision.models.resnet18(weights=None) if name == "resnet18" else ResNet(Bottleneck, [2, 2, 2, 2])
     _survey_nostride_dilate(ref.layer3, 2)
     _survey_nostride_dilate(ref.layer4, 4)
-    # the 3x3 conv of the first block of layer3 / layer4 (the one that had the stride): 1 / 2, the next 2 / 4
-    assert [ours.stages[3][0].conv2.dilation, ours.stages[3][1].conv2.dilation] == [(1, 1), (2, 2)]
-    assert [ours.stages[4][0].conv2.dilation, ours.stages[4][1].conv2.dilation] == [(2, 2), (4, 4)]
+    # the first block's strided 3x3 conv of layer3 / layer4 gets 1 / 2, every other 3x3 conv 2 / 4
+    strided, other = ("conv1", "conv2") if name == "resnet18" else ("conv2", None)
+    assert [getattr(ours.stages[3][0], strided).dilation, getattr(ours.stages[4][0], strided).dilation] == [(1, 1), (2, 2)]
+    if other:
+        assert [getattr(ours.stages[3][0], other).dilation, getattr(ours.stages[4][0], other).dilation] == [(2, 2), (4, 4)]
+    assert [ours.stages[3][1].conv2.dilation, ours.stages[4][1].conv2.dilation] == [(2, 2), (4, 4)]
     for ours_layer, ref_layer in zip(ours.stages[1:], [ref.layer1, ref.layer2, ref.layer3, ref.layer4], strict=True):
         ours_convs = [m for m in ours_layer.modules() if isinstance(m, nn.Conv2d)]
         ref_convs = [m for m in ref_layer.modules() if isinstance(m, nn.Conv2d)]
         assert [(c.stride, c.dilation, c.padding) for c in ours_convs] == \
                [(c.stride, c.dilation, c.padding) for c in ref_convs]
+    assert count_parameters(ours) == count_parameters(BACKBONES.get(name)())  # unchanged by dilation
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet26", "resnet50"])

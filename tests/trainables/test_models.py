@@ -177,35 +177,6 @@ def test_resnet_loads_local_weights(tmp_path):
     assert torch.equal(backbone.stages[4][1].bn2.running_var, source.layer4[1].bn2.running_var)
 
 
-def _survey_nostride_dilate(module, dilate):
-    """The survey code's rule (ResnetDilated._nostride_dilate), applied to a torchvision layer."""
-    for m in module.modules():
-        if isinstance(m, torch.nn.Conv2d):
-            if m.stride == (2, 2):
-                m.stride = (1, 1)
-                if m.kernel_size == (3, 3):
-                    m.dilation, m.padding = (dilate // 2,) * 2, (dilate // 2,) * 2
-            elif m.kernel_size == (3, 3):
-                m.dilation, m.padding = (dilate,) * 2, (dilate,) * 2
-
-
-def test_dilated_resnet18_matches_the_survey_rule():
-    import torchvision
-
-    ours = BACKBONES.get("resnet18")(dilated=True)
-    ref = torchvision.models.resnet18(weights=None)
-    _survey_nostride_dilate(ref.layer3, 2)
-    _survey_nostride_dilate(ref.layer4, 4)
-    # the first block of layer3 / layer4: conv1 (the strided one) 1 / 2, conv2 2 / 4
-    assert [ours.stages[3][0].conv1.dilation, ours.stages[3][0].conv2.dilation] == [(1, 1), (2, 2)]
-    assert [ours.stages[4][0].conv1.dilation, ours.stages[4][0].conv2.dilation] == [(2, 2), (4, 4)]
-    for ours_layer, ref_layer in zip(ours.stages[1:], [ref.layer1, ref.layer2, ref.layer3, ref.layer4]):
-        ours_convs = [m for m in ours_layer.modules() if isinstance(m, torch.nn.Conv2d)]
-        ref_convs = [m for m in ref_layer.modules() if isinstance(m, torch.nn.Conv2d)]
-        assert [(c.stride, c.dilation, c.padding) for c in ours_convs] == [(c.stride, c.dilation, c.padding) for c in ref_convs]
-    assert count_parameters(ours) == count_parameters(BACKBONES.get("resnet18")())  # unchanged by dilation
-
-
 def test_last_shared_module_is_the_last_conv_not_a_batchnorm():
     for backbone in ("tiny_cnn", "resnet18", "resnet50"):
         with torch.device("meta"):
