@@ -23,8 +23,9 @@ What the train loop and the balancers rely on:
         every parameter exactly once.
     info.has_shared_representation: when True, ``encode(x) -> z`` gives the one shared
         feature tensor and ``decode(z, input_hw) -> {task: output}`` the outputs, with
-        forward(x) == decode(encode(x), x.shape[-2:]). Balancers with grad_target
-        "representation" (MGDA-UB, IAL) need it; the plan refuses the pair otherwise.
+        forward(x) == decode(encode(x), x.shape[-2:]), and every shared parameter lies in
+        ``encode`` (the step trains what runs after z as task-specific). Balancers with
+        grad_target "representation" (MGDA-UB, IAL) need it; the plan refuses the pair otherwise.
     last_shared_module(): the last shared layer with a weight matrix or kernel (a conv or a
         linear layer, not the BatchNorm after it) or, for soft-sharing models, the last mixing
         layer: GradNorm's cheap variant takes gradient norms w.r.t. its parameters.
@@ -32,6 +33,8 @@ What the train loop and the balancers rely on:
     load_single_task(task, state): for ``info.init_from_single_task``: load a trained
         ``single_task`` network's state dict (``backbone.*``, ``heads.<task>.*``) into the part
         of this model that serves ``task``; keys that do not fit are a ValueError naming them.
+    load_parent(state, parent_model): grow from a related model's trained weights (its state
+        dict and ``ModelRef``), e.g. a branched tree from a coarser tree whose groups it refines.
     param_groups(): the parameters as optimiser groups with a learning-rate multiplier each
         (cross-stitch / NDDR units train at 100x the base rate); every parameter exactly once.
 """
@@ -90,6 +93,9 @@ class MultiTaskModel(nn.Module, Configurable):
 
     def load_single_task(self, task: str, state: Mapping[str, Tensor]) -> None:
         raise NotImplementedError(f"{self.label()} does not start from single-task networks")
+
+    def load_parent(self, state: Mapping[str, Tensor], parent_model: Any) -> None:
+        raise NotImplementedError(f"{self.label()} does not grow from another model")
 
     def param_groups(self) -> List[Dict[str, Any]]:
         """[{"name", "params", "lr_mult"}]: one group at the base learning rate by default."""
