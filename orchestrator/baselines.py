@@ -14,10 +14,10 @@ import os
 import time
 from collections import defaultdict
 from statistics import mean
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 from orchestrator.results import best_setting
-from trainables.atomic import atomic_write
+from trainables.atomic import write_json
 from trainables.config import TrialConfig, stable_hash
 
 CACHE_VERSION = 2  # 2: configs name plug-ins as {name, params} and the model as one reference
@@ -61,7 +61,7 @@ class BaselineTrainer:
         result = {"config": cfg.to_dict(), "metrics": last, "wall_time_s": time.time() - start,
                   "status": status, "error": error, "checkpoint_path": out_dir}
         if status == "completed":
-            _write_json(os.path.join(out_dir, RESULT_FILE), result)
+            write_json(os.path.join(out_dir, RESULT_FILE), result)
         return result
 
 
@@ -73,9 +73,6 @@ def ensure_baselines(
     log: Callable[[str], None] = print,
 ) -> List[dict]:
     """Results of every config: from the cache, or trained now by an actor pool."""
-    import ray
-    from ray.util import ActorPool
-
     results, todo = [], []
     for cfg in configs:
         cached = load_cached(cache_dir, cfg)
@@ -86,21 +83,33 @@ def ensure_baselines(
     log(f"single-task baselines: {len(results)} cached, {len(todo)} to train")
     if not todo:
         return results
-    actor_cls = ray.remote(BaselineTrainer)
-    threads = int(actor_options.get("num_cpus", 1) or 1)
-    actors = [actor_cls.options(max_restarts=2, max_task_retries=2, **actor_options).remote(threads)
-              for _ in range(max(1, min(num_actors, len(todo))))]
-    pool = ActorPool(actors)
     jobs = [(cfg.to_dict(), os.path.join(cache_dir, cache_key(cfg))) for cfg in todo]
-    for i, result in enumerate(pool.map_unordered(lambda a, job: a.train.remote(*job), jobs), 1):
+    for i, result in enumerate(run_on_actors(BaselineTrainer, "train", jobs, num_actors, actor_options), 1):
         cfg = result["config"]
         log(f"  [{i}/{len(jobs)}] {cfg['experiment']} {_setting(cfg)} seed={cfg['seed']}: "
             f"{result['status']} val_score={result['metrics'].get('val_score', float('nan')):.4g} "
             f"({result['wall_time_s']:.0f}s)")
         results.append({**result, "cached": False})
-    for actor in actors:
-        ray.kill(actor)
     return results
+
+
+def run_on_actors(actor_class: type, method: str, jobs: Sequence[tuple], num_actors: int,
+                  actor_options: dict) -> Iterator[Any]:
+    """``actor.<method>(*job)`` for every job on a pool of ``actor_class`` actors, in parallel;
+    yields the results as they finish. Each actor asks for ``actor_options`` (one worker's CPUs /
+    GPUs) and restarts after a crash; the pool is torn down when the jobs are done."""
+    import ray
+    from ray.util import ActorPool
+
+    remote = ray.remote(actor_class)
+    threads = int(actor_options.get("num_cpus", 1) or 1)
+    actors = [remote.options(max_restarts=2, max_task_retries=2, **actor_options).remote(threads)
+              for _ in range(max(1, min(num_actors, len(jobs))))]
+    try:
+        yield from ActorPool(actors).map_unordered(lambda actor, job: getattr(actor, method).remote(*job), jobs)
+    finally:
+        for actor in actors:
+            ray.kill(actor)
 
 
 def best_baselines(results: Sequence[dict], directions: Dict[str, bool]) -> Dict[str, dict]:
@@ -136,11 +145,3 @@ def _mean_metrics(runs: Sequence[dict], prefix: str, task: str) -> Dict[str, flo
 
 def _setting(cfg: dict) -> str:
     return f"{cfg['optimizer']}@{cfg['lr']:g}/{cfg['scheduler']}/bs{cfg['batch_size']}"
-
-
-def _write_json(path: str, obj: dict) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as fh:
-            json.dump(obj, fh, indent=1, default=float)
-
-    atomic_write(path, write)

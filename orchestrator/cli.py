@@ -29,6 +29,13 @@ def _parser() -> argparse.ArgumentParser:
                                            "(nothing is trained; paper columns when the preset reproduces a table)")
     models.add_argument("study", help="preset name or path to a spec .yaml")
 
+    group = sub.add_parser("group", help="run only a study's task-grouping searches (training the single-task "
+                                         "baselines they need): affinities, trees, #P / FLOPS, PNGs")
+    group.add_argument("study", help="preset name or path to a spec .yaml")
+    group.add_argument("--smoke", action="store_true", help="shrink data and epochs like mtl run --smoke")
+    group.add_argument("--storage", default=None, help="results root (default ./mtl_runs)")
+    group.add_argument("--data-root", default=None, help="dataset root on disk (real datasets)")
+
     data = sub.add_parser("data", help="dataset tools")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     chk = data_sub.add_parser("check", help="check a dataset on disk; prints a JSON summary")
@@ -37,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     chk.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="dataset parameter")
 
     lst = sub.add_parser("list", help="list registered plug-ins (and presets)")
-    lst.add_argument("kind", nargs="?", default=None, help="dataset, task, backbone, head, architecture, balancer, preset")
+    lst.add_argument("kind", nargs="?", default=None,
+                     help="dataset, task, backbone, head, architecture, balancer, grouping, preset")
     return p
 
 
@@ -62,7 +70,7 @@ def _override(spec, args):
     names the spec field and the flag."""
     from orchestrator.spec import SpecError, load_spec
 
-    given = {dest: field for dest, field in OVERRIDES.items() if getattr(args, dest) is not None}
+    given = {dest: field for dest, field in OVERRIDES.items() if getattr(args, dest, None) is not None}
     if not given:
         return spec
     data = spec.to_dict()
@@ -124,6 +132,22 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_group(args) -> int:
+    from orchestrator.spec import SpecError
+    from orchestrator.study import DEFAULT_STORAGE, group_study
+    from trainables.datasets.readers import DataCheckError
+
+    try:
+        found = group_study(_override(_load(args.study), args), storage=args.storage or DEFAULT_STORAGE,
+                            smoke_run=args.smoke)
+    except (SpecError, DataCheckError) as err:
+        print(f"mtl group: invalid study spec: {err}", file=sys.stderr)
+        return 2
+    for entry in found:
+        print(f"{entry['experiment']}: " + ", ".join(entry["files"]))
+    return 0
+
+
 def cmd_data(args) -> int:
     import json
 
@@ -142,10 +166,12 @@ def cmd_data(args) -> int:
 
 def cmd_list(args) -> int:
     import trainables  # noqa: F401
+    from orchestrator.grouping import GROUPINGS
     from search_spaces import PRESETS
     from trainables.registry import REGISTRIES
 
-    kinds = list(REGISTRIES) + ["preset"]
+    registries = {**REGISTRIES, GROUPINGS.kind: GROUPINGS}
+    kinds = list(registries) + ["preset"]
     if args.kind and args.kind not in kinds:
         print(f"mtl list: unknown kind {args.kind!r}; kinds: {', '.join(kinds)}", file=sys.stderr)
         return 2
@@ -155,7 +181,7 @@ def cmd_list(args) -> int:
             for name in sorted(PRESETS):
                 print(f"  {name:<22} {PRESETS[name].get('description', '')}")
             continue
-        registry = REGISTRIES[kind]
+        registry = registries[kind]
         for name in registry.names():
             print(f"  {name:<22} {registry.summary(name)}")
             print(f"  {'':<22}   {_capabilities(registry.get(name))}")
@@ -177,7 +203,8 @@ def _capabilities(cls) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    commands = {"run": cmd_run, "report": cmd_report, "models": cmd_models, "data": cmd_data, "list": cmd_list}
+    commands = {"run": cmd_run, "report": cmd_report, "models": cmd_models, "group": cmd_group, "data": cmd_data,
+                "list": cmd_list}
     return commands[args.command](args)
 
 

@@ -53,6 +53,7 @@ class Experiment:
     seeds: Tuple[int, ...]
     weight_search: Optional[LossWeightSearch] = None  # Optuna over fixed weights instead of the grid
     baselines: Tuple[str, ...] = ()
+    grouping: Optional[Plugin] = None  # a search that derives the architecture's tree first
 
     def trial_configs(self) -> List[TrialConfig]:
         return [dataclasses.replace(self.base, **s, seed=seed) for s in self.settings for seed in self.seeds]
@@ -81,6 +82,8 @@ def validate(spec: StudySpec) -> DatasetInfo:
         arch = _checked(lambda: architecture_info(model.architecture), f"{where}.architecture.params")
         needs = _checked(lambda: balancer_info(exp.balancer), f"{where}.balancer.params")
         _check_pair(where, exp, arch, needs, len(spec.tasks))
+        if exp.grouping is not None:
+            _check_grouping(where, exp, arch, needs)
         context = RunContext(primary_task=exp.primary_task or spec.primary_task)
         _checked(lambda: build_balancer(exp.balancer, spec.tasks, context), f"{where}.balancer.params")
         with torch.device("meta"):  # builds the model without allocating it
@@ -100,6 +103,19 @@ def _check_pair(where: str, exp: ExperimentSpec, arch, needs, n_tasks: int) -> N
     if n_tasks > 1 and not arch.supports_multiple_tasks:
         raise SpecError(f"{where}.architecture: {a!r} takes exactly one task, the study has {n_tasks}; "
                         "single-task networks are trained as the study's baselines")
+
+
+def _check_grouping(where: str, exp: ExperimentSpec, arch, needs) -> None:
+    from orchestrator.grouping import GROUPINGS
+
+    _known(GROUPINGS, exp.grouping.name, f"{where}.grouping.name")
+    _checked(lambda: GROUPINGS.get(exp.grouping.name).params_of(exp.grouping.params), f"{where}.grouping.params")
+    if not arch.accepts_grouping:
+        raise SpecError(f"{where}.grouping: search {exp.grouping.name!r} derives a tree, but architecture "
+                        f"{exp.architecture.name!r} takes none; use architecture: branched")
+    if needs.grad_target == "representation":  # the tree, unknown until the search has run, may have none
+        raise SpecError(f"{where}: balancer {exp.balancer.name!r} needs a shared representation, which a tree "
+                        f"derived by {exp.grouping.name!r} may not have; use a loss- or parameter-level balancer")
 
 
 def _checked(make: Callable[[], T], where: str) -> T:
@@ -167,7 +183,7 @@ def expand(spec: StudySpec, info: DatasetInfo, data_root: Optional[str]) -> Tupl
             exp.name, "multi_task",
             dataclasses.replace(common, experiment=exp.name, model=model, balancer=exp.balancer,
                                 primary_task=exp.primary_task or spec.primary_task),
-            settings, seeds, exp.weight_search, tuple(names)))
+            settings, seeds, exp.weight_search, tuple(names), exp.grouping))
     return list(baselines.values()), experiments
 
 

@@ -50,9 +50,11 @@ SCHEMA = pa.schema([
     ("selected", pa.bool_()),         # the best setting of its experiment, chosen on val
     ("cached", pa.bool_()),           # a single-task result reused from the baseline cache
     ("checkpoint_path", pa.string()),
+    ("derivation_json", pa.string()), # a grouping search's tree and evidence (affinities), or ""
 ])
 
-_DEFAULTS: Dict[str, Any] = {"val_metrics": {}, "test_metrics": {}, "selected": False, "cached": False}
+_DEFAULTS: Dict[str, Any] = {"val_metrics": {}, "test_metrics": {}, "selected": False, "cached": False,
+                             "derivation_json": ""}
 
 
 def make_table(rows: Iterable[Dict[str, Any]]) -> pa.Table:
@@ -92,7 +94,11 @@ def read_rows(path: str) -> List[Dict[str, Any]]:
             return [r for f in files for r in read_rows(f)]
     if not os.path.exists(path):
         raise FileNotFoundError(f"results file {path} does not exist (give a results.parquet or a study directory)")
-    table = pq.read_table(path, schema=SCHEMA)
+    table = pq.read_table(path)
+    for name in SCHEMA.names:  # files written before a column was added read it as empty
+        if name not in table.column_names:
+            table = table.append_column(SCHEMA.field(name), pa.nulls(len(table), SCHEMA.field(name).type))
+    table = table.select(SCHEMA.names).cast(SCHEMA)
     rows = table.to_pylist()
     for row in rows:
         for key in ("val_metrics", "test_metrics"):

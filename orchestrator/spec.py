@@ -81,6 +81,8 @@ class ExperimentSpec:
     """One model of the study: an architecture + balancer (backbone/head default to the study's).
 
     ``primary_task`` overrides the study's (e.g. an IAL study with each task as the primary one).
+    ``grouping`` names a task-grouping search (``mtl list grouping``) that the study runs on the
+    cached single-task networks to derive the architecture's tree before the experiment trains.
     """
 
     name: str
@@ -90,6 +92,7 @@ class ExperimentSpec:
     head: Optional[Plugin] = None
     weight_search: Optional[LossWeightSearch] = None
     primary_task: Optional[str] = None
+    grouping: Optional[Plugin] = None
 
     def model(self, study: "StudySpec") -> ModelRef:
         """This experiment's model: its architecture on its (or else the study's) backbone and head."""

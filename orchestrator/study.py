@@ -1,6 +1,8 @@
-"""Run one study: spec -> baselines (actor pool, cached) -> Tune per experiment -> results.
+"""Run one study: spec -> baselines (actor pool, cached) -> derived trees -> Tune per experiment -> results.
 
-Everything that can be wrong with the spec or the data is checked before Ray starts.
+The phases are functions (``prepare``, ``baselines``, ``derive``) so that ``mtl group`` can run
+the first three alone. Everything that can be wrong with the spec or the data is checked before
+Ray starts.
 """
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ import datetime
 import json
 import os
 import time
-from typing import Any, Callable, Dict, List
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Tuple
 
 from orchestrator import baselines as bl
 from orchestrator import report, results
@@ -17,6 +20,7 @@ from orchestrator.plan import Experiment, complexity, expand, smoke, validate
 from orchestrator.ray_env import cluster_resources, start_ray
 from orchestrator.spec import SpecError, StudySpec
 from orchestrator.tuning import check_fits, run_experiment, slots
+from trainables.atomic import write_json
 from trainables.build import architecture_info, build_dataset, build_tasks, prepare_model, primary_directions
 from trainables.config import TrialConfig
 from trainables.delta import delta_m
@@ -25,10 +29,21 @@ from trainables.registry import DATASETS
 DEFAULT_STORAGE = "mtl_runs"
 
 
-def run_study(spec: StudySpec, storage: str = DEFAULT_STORAGE, smoke_run: bool = False,
-              log: Callable[[str], None] = print, verbose: int = 0) -> Dict[str, Any]:
-    """Run ``spec``; returns {"results": path, "rows": [...], "table": str, "wall_time_s": float}."""
-    t0 = time.time()
+@dataclass
+class Prepared:
+    """A validated study with its data prepared and its experiments expanded (no Ray yet)."""
+
+    spec: StudySpec
+    study_dir: str
+    cache_dir: str
+    single: List[Experiment]
+    multi: List[Experiment]
+    directions: Dict[str, bool]
+    log: Callable[[str], None]
+
+
+def prepare(spec: StudySpec, storage: str, smoke_run: bool, log: Callable[[str], None]) -> Prepared:
+    """Everything before Ray: validation, pretrained weights, the data, the plan, partial labels."""
     if smoke_run:
         spec = smoke(spec)
     info = validate(spec)  # names, params, plug-in pairs, labels: before any data or Ray work
@@ -37,7 +52,6 @@ def run_study(spec: StudySpec, storage: str = DEFAULT_STORAGE, smoke_run: bool =
                         "path that every node sees (a local folder, or an NFS/EFS mount on a cluster)")
     storage = os.path.abspath(os.path.expanduser(storage))
     study_dir = os.path.join(storage, spec.name)
-    cache_dir = os.path.join(storage, "_cache", "baselines")
     log(f"study {spec.name!r}: dataset {spec.dataset.name}, tasks {list(spec.tasks)}, "
         f"{len(spec.experiments)} experiment(s){' [smoke]' if smoke_run else ''}")
     models = [exp.model(spec) for exp in spec.experiments]
@@ -62,31 +76,81 @@ def run_study(spec: StudySpec, storage: str = DEFAULT_STORAGE, smoke_run: bool =
         multi = [dataclasses.replace(e, base=dataclasses.replace(e.base, label_file=label_file)) for e in multi]
     log(f"{len(single[0].settings)} grid setting(s) x {len(spec.train.seeds)} seed(s) per model; "
         f"{len(single)} single-task baseline model(s)")
+    return Prepared(spec, study_dir, os.path.join(storage, "_cache", "baselines"), single, multi,
+                    primary_directions(build_tasks(spec.dataset.plugin, spec.tasks)), log)
 
+
+class Cluster:
+    """The Ray side of a study: started (or joined) once, sized for the spec's workers."""
+
+    def __init__(self, p: Prepared):
+        start_ray(p.log)
+        self.resources = cluster_resources()
+        res = p.spec.resources
+        if not os.environ.get("RAY_ADDRESS"):  # a joined cluster may autoscale; a local one cannot
+            check_fits(res, self.resources)
+        self.actors = res.baseline_actors or slots(res.cpus_per_worker, res.gpus_per_worker, self.resources)
+        self.actor_options = {"num_cpus": res.cpus_per_worker, "num_gpus": res.gpus_per_worker}
+
+
+def baselines(p: Prepared, cluster: Cluster) -> Dict[str, List[dict]]:
+    """Every single-task result of the study (cached or trained now), by experiment name."""
+    base_results = bl.ensure_baselines([c for e in p.single for c in e.trial_configs()], p.cache_dir,
+                                       cluster.actors, cluster.actor_options, p.log)
+    by_experiment: Dict[str, List[dict]] = {}
+    for r in base_results:
+        by_experiment.setdefault(r["config"]["experiment"], []).append(r)
+    return by_experiment
+
+
+def derive(p: Prepared, cluster: Cluster, exp: Experiment, best: Dict[str, dict]) -> Tuple[Experiment, Any]:
+    """Run ``exp``'s grouping search on the single-task networks ``best``; the experiment with the
+    derived architecture parameters, and the ``Derivation``."""
+    from orchestrator.grouping import GROUPINGS, GroupingContext, tree_summary
+    from orchestrator.grouping.actor import SearchActor
+
+    search = GROUPINGS.get(exp.grouping.name)(params=exp.grouping.params)
+
+    def run_jobs(method: str, jobs) -> List[Any]:
+        return list(bl.run_on_actors(SearchActor, method, jobs, cluster.actors, cluster.actor_options))
+
+    work_dir = os.path.join(p.cache_dir, "grouping")
+    p.log(f"experiment {exp.name}: grouping search {exp.grouping.name} {dict(exp.grouping.params)}")
+    start = time.time()
+    derivation = search.search(GroupingContext(exp, best, run_jobs, work_dir, p.log))
+    seconds = time.time() - start
+    derivation = dataclasses.replace(derivation, details={**derivation.details, "search_wall_time_s": seconds})
+    p.log(f"  {exp.name}: tree {tree_summary(derivation.tree)} (search {seconds:.0f}s)")
+    arch = exp.base.model.architecture
+    model = dataclasses.replace(exp.base.model, architecture=dataclasses.replace(
+        arch, params={**arch.params, **derivation.architecture_params}))
+    return dataclasses.replace(exp, base=dataclasses.replace(exp.base, model=model)), derivation
+
+
+def best_baselines(p: Prepared, by_experiment: Dict[str, List[dict]], exp: Experiment) -> Dict[str, dict]:
+    """The best single-task network of each task for ``exp``'s backbone and head (chosen on val)."""
+    return bl.best_baselines([r for name in exp.baselines for r in by_experiment.get(name, [])], p.directions)
+
+
+def run_study(spec: StudySpec, storage: str = DEFAULT_STORAGE, smoke_run: bool = False,
+              log: Callable[[str], None] = print, verbose: int = 0) -> Dict[str, Any]:
+    """Run ``spec``; returns {"results": path, "rows": [...], "table": str, "wall_time_s": float}."""
+    t0 = time.time()
+    p = prepare(spec, storage, smoke_run, log)
+    spec, directions = p.spec, p.directions
     run_id = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = os.path.join(study_dir, "results", run_id)
+    run_dir = os.path.join(p.study_dir, "results", run_id)
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, "spec.json"), "w") as fh:
         json.dump(spec.to_dict(), fh, indent=1)
 
-    start_ray(log)
-    cluster = cluster_resources()
-    res = spec.resources
-    if not os.environ.get("RAY_ADDRESS"):  # a joined cluster may autoscale; a local one cannot
-        check_fits(res, cluster)
-    actors = res.baseline_actors or slots(res.cpus_per_worker, res.gpus_per_worker, cluster)  # one actor = one worker
-    base_results = bl.ensure_baselines(
-        [c for e in single for c in e.trial_configs()], cache_dir, actors,
-        {"num_cpus": res.cpus_per_worker, "num_gpus": res.gpus_per_worker}, log)
-    directions = primary_directions(build_tasks(spec.dataset.plugin, spec.tasks))
-    by_experiment: Dict[str, List[dict]] = {}
-    for r in base_results:
-        by_experiment.setdefault(r["config"]["experiment"], []).append(r)
+    cluster = Cluster(p)
+    by_experiment = baselines(p, cluster)
     common = dict(study=spec.name, run_id=run_id, delta_baseline="single-task networks, best grid setting on val")
 
     rows: List[Dict[str, Any]] = []
     complexity_cache: Dict[str, tuple] = {}
-    for exp in single:
+    for exp in p.single:
         task = exp.base.tasks[0]
         mine = by_experiment.get(exp.name, [])
         chosen = bl.best_baselines(mine, {k: v for k, v in directions.items() if k.split("/")[0] == task})
@@ -96,9 +160,13 @@ def run_study(spec: StudySpec, storage: str = DEFAULT_STORAGE, smoke_run: bool =
             row["selected"] = row["setting_hash"] == chosen[task]["setting_hash"] and row["status"] == "completed"
         rows += _write(exp_rows, run_dir, exp.name)
 
-    for exp in multi:
+    for exp in p.multi:
+        best = best_baselines(p, by_experiment, exp)
+        derivation_json = ""
+        if exp.grouping is not None:
+            exp, derivation = derive(p, cluster, exp, best)
+            derivation_json = json.dumps(derivation.details, sort_keys=True, default=float)
         log(f"experiment {exp.name}: {len(exp.settings) * len(exp.seeds)} trial(s) through Ray Tune")
-        best = bl.best_baselines([r for name in exp.baselines for r in by_experiment.get(name, [])], directions)
         baseline_val = {k: best[k.split("/")[0]]["val"][k] for k in directions}
         baseline_test = {k: best[k.split("/")[0]]["test"][k] for k in directions}
         init = {}
@@ -107,20 +175,23 @@ def run_study(spec: StudySpec, storage: str = DEFAULT_STORAGE, smoke_run: bool =
             log(f"  {exp.name} starts from the single-task networks: {init}")
         exp = dataclasses.replace(exp, base=dataclasses.replace(exp.base, baseline_val=baseline_val,
                                                                 baseline_test=baseline_test, init_checkpoints=init))
-        outcomes = run_experiment(exp, spec.search, res, os.path.join(study_dir, "tune"), cluster, verbose)
+        outcomes = run_experiment(exp, spec.search, spec.resources, os.path.join(p.study_dir, "tune"),
+                                  cluster.resources, verbose)
         exp_rows = [_row(o, exp, common, complexity_cache, directions, baseline_val, baseline_test)
                     for o in outcomes]
+        for row in exp_rows:
+            row["derivation_json"] = derivation_json
         _select(exp_rows)
         rows += _write(exp_rows, run_dir, exp.name)
 
-    path = results.write_rows(rows, os.path.join(study_dir, "results.parquet"))
+    path = results.write_rows(rows, os.path.join(p.study_dir, "results.parquet"))
     table = report.render(rows, primary_task=spec.primary_task)
     wall = time.time() - t0
     log("\n" + table + "\n")
-    log(f"results: {path} ({len(rows)} rows; all runs under {os.path.join(study_dir, 'results')})")
-    log(f"TensorBoard: tensorboard --logdir {os.path.join(study_dir, 'tune')}")
+    log(f"results: {path} ({len(rows)} rows; all runs under {os.path.join(p.study_dir, 'results')})")
+    log(f"TensorBoard: tensorboard --logdir {os.path.join(p.study_dir, 'tune')}")
     log(f"wall time: {wall:.0f}s")
-    return {"results": path, "rows": rows, "table": table, "wall_time_s": wall, "study_dir": study_dir}
+    return {"results": path, "rows": rows, "table": table, "wall_time_s": wall, "study_dir": p.study_dir}
 
 
 def _row(outcome: dict, exp: Experiment, common: dict, cache: dict, directions: Dict[str, bool],
@@ -161,3 +232,43 @@ def _select(rows: List[Dict[str, Any]]) -> None:
 def _write(rows: List[Dict[str, Any]], run_dir: str, experiment: str) -> List[Dict[str, Any]]:
     results.write_rows(rows, os.path.join(run_dir, experiment.replace("/", "__") + ".parquet"))
     return rows
+
+
+def group_study(spec: StudySpec, storage: str = DEFAULT_STORAGE, smoke_run: bool = False,
+                log: Callable[[str], None] = print) -> List[Dict[str, Any]]:
+    """``mtl group``: only the grouping searches of ``spec`` (training the baselines they need).
+
+    Logs each search's affinities per sharing location and its tree with #P and FLOPS; writes
+    ``<study>/grouping/<experiment>-tree.png``, ``-affinity.png`` and ``.json``. Returns one
+    {"experiment", "tree", "params", "flops_g", "files", "details"} per searched experiment.
+    """
+    from orchestrator.grouping import plain_tree, tree_summary
+    from orchestrator.grouping.plots import draw_affinity, draw_tree
+
+    p = prepare(spec, storage, smoke_run, log)
+    grouped = [e for e in p.multi if e.grouping is not None]
+    if not grouped:
+        raise SpecError("experiments: none names a grouping search (experiments[i].grouping; mtl list grouping)")
+    cluster = Cluster(p)
+    by_experiment = baselines(p, cluster)
+    out_dir = os.path.join(p.study_dir, "grouping")
+    os.makedirs(out_dir, exist_ok=True)
+    found = []
+    for exp in grouped:
+        derived, derivation = derive(p, cluster, exp, best_baselines(p, by_experiment, exp))
+        params, gmacs = complexity(derived.base)
+        tasks, details = list(exp.base.tasks), dict(derivation.details)
+        for location, matrix in details.get("affinity", {}).items():
+            log(f"  affinity at location {location} ({', '.join(tasks)}):")
+            for task, row in zip(tasks, matrix):
+                log(f"    {task:>14} " + " ".join(f"{v:+.2f}" for v in row))
+        log(f"  {exp.name}: {tree_summary(derivation.tree)}  #P {params / 1e6:.2f} M, FLOPS {gmacs:.2f} G")
+        stem = os.path.join(out_dir, exp.name)
+        files = [draw_tree(plain_tree(derivation.tree), f"{stem}-tree.png", f"{spec.name} / {exp.name}")]
+        if details.get("affinity"):
+            files.append(draw_affinity(details["affinity"], tasks, f"{stem}-affinity.png", f"{exp.name}: task affinity"))
+        entry = {"experiment": exp.name, "tree": plain_tree(derivation.tree), "params": params, "flops_g": gmacs,
+                 "files": files, "details": details}
+        files.append(write_json(f"{stem}.json", entry))
+        found.append(entry)
+    return found

@@ -15,9 +15,11 @@ EXPERIMENTS = [
 ]
 
 
-def reference(source: str, single, mtl, mtan, cross_stitch, nddr) -> dict:
-    """A table's #P (M) / FLOPS (G) columns, each row a (params, flops) pair."""
-    rows = {"single_task": single, "mtl_baseline": mtl, "mtan": mtan, "cross_stitch": cross_stitch, "nddr_cnn": nddr}
+def reference(source: str, single, mtl, mtan, cross_stitch, nddr, **more) -> dict:
+    """A table's #P (M) / FLOPS (G) columns, each row a (params, flops) pair (``more``: other rows
+    by experiment name)."""
+    rows = {"single_task": single, "mtl_baseline": mtl, "mtan": mtan, "cross_stitch": cross_stitch, "nddr_cnn": nddr,
+            **more}
     return {"source": source, "rows": {k: {"params_m": p, "flops_g": f} for k, (p, f) in rows.items()}}
 
 

@@ -4,6 +4,7 @@ import json
 import os
 
 import pytest
+import yaml
 
 from orchestrator.cli import main
 from orchestrator.results import read_rows
@@ -136,3 +137,41 @@ def test_data_parallel_trial_with_two_workers(first_run):
     out = run_study(ddp, storage=str(storage), log=lambda _: None)
     multi = [r for r in out["rows"] if r["role"] == "multi_task"]
     assert len(multi) == 1 and multi[0]["status"] == "completed", multi[0]["error"]
+
+
+def test_grouping_search_derives_the_tree_before_tune(first_run):
+    """An experiment that names a grouping search: the study computes the single-task networks'
+    RDMs on the actor pool, derives the tree, trains it through Tune, and keeps the evidence."""
+    spec, storage, _, _ = first_run
+    grouped = spec.replace(name="e2e_grouping", experiments=load_spec({**SPEC, "experiments": [
+        {"name": "branched", "architecture": "branched", "balancer": "fixed",
+         "grouping": {"name": "branched_mtl", "params": {"budget": 1.0, "num_images": 16}}}]}).experiments,
+        search=spec.search.__class__(batch_sizes=(16,), schedulers=("poly",), lrs=(2e-4,)))
+    lines = []
+    out = run_study(grouped, storage=str(storage), log=lines.append)
+    assert any("RDMs of the single-task networks: 0 cached, 2 computed" in line for line in lines)
+    (row,) = [r for r in out["rows"] if r["role"] == "multi_task"]
+    assert row["status"] == "completed", row["error"]
+    derivation = json.loads(row["derivation_json"])
+    tree = json.loads(row["config_json"])["model"]["architecture"]["params"]["tree"]
+    assert derivation["search"] == "branched_mtl" and derivation["tree"] == tree
+    assert set(derivation["affinity"]) == {"0", "1", "2", "3"}  # tiny_cnn: 4 sharing locations
+    assert tree[-1] == [["semseg"], ["depth"]]  # budget 1.0: everything from stage 1 on can split
+    # a second study over the same cached baselines computes no features
+    lines = []
+    run_study(grouped.replace(name="e2e_grouping_again"), storage=str(storage), log=lines.append)
+    assert any("RDMs of the single-task networks: 2 cached, 0 computed" in line for line in lines)
+
+
+def test_mtl_group_runs_only_the_search_and_draws_it(first_run, capsys):
+    spec, storage, _, _ = first_run
+    path = os.path.join(str(storage), "group.yaml")
+    with open(path, "w") as fh:
+        yaml.safe_dump({**SPEC, "name": "e2e_group", "dataset": spec.to_dict()["dataset"],
+                        "experiments": [{"name": "branched", "architecture": "branched",
+                                         "grouping": {"name": "branched_mtl", "params": {"num_images": 16}}}]}, fh)
+    assert main(["group", path, "--storage", str(storage)]) == 0
+    files = capsys.readouterr().out.split(": ", 1)[1].strip().split(", ")
+    assert [os.path.basename(f) for f in files] == ["branched-tree.png", "branched-affinity.png", "branched.json"]
+    assert all(os.path.getsize(f) > 1000 for f in files)
+    assert not os.path.exists(os.path.join(str(storage), "e2e_group", "tune"))  # nothing trained but baselines

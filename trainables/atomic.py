@@ -26,3 +26,14 @@ def atomic_write(path: str, write: Callable[[str], None]) -> str:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def write_json(path: str, obj: object) -> str:
+    """``obj`` as indented JSON at ``path``, atomically (numbers numpy or torch may give become floats)."""
+    import json
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as fh:
+            json.dump(obj, fh, indent=1, default=float)
+
+    return atomic_write(path, write)

@@ -42,6 +42,8 @@ class TrialConfig:
         init_checkpoints: task -> the checkpoint (a folder holding state.pt, or the file) of a
             trained single-task network that the model starts from; the study fills it for
             architectures with ``ArchitectureInfo.init_from_single_task`` (cross-stitch, NDDR).
+        init_from: the checkpoint of a related model this one grows from (e.g. the previous round
+            of a FAFS widening); the architecture's ``load_parent`` maps its weights.
     """
 
     experiment: str
@@ -67,6 +69,7 @@ class TrialConfig:
     primary_task: Optional[str] = None
     label_file: Optional[str] = None
     init_checkpoints: Mapping[str, str] = field(default_factory=dict)
+    init_from: Optional[str] = None
 
     def __post_init__(self):
         for name in ("dataset", "balancer"):  # a name or a {name, params} mapping is a Plugin

@@ -192,18 +192,22 @@ class ArchitectureInfo:
             (``load_single_task``); the study passes each task's best cached baseline.
         needs_sequential_stages: the model mixes or attends between the backbone's stages
             (``BackboneInfo.sequential_stages``).
+        accepts_grouping: the model's shape (its ``tree`` parameter) can come from a task-grouping
+            search run by the study before training (``ExperimentSpec.grouping``).
     """
 
     has_shared_representation: bool = False
     supports_multiple_tasks: bool = True
     init_from_single_task: bool = False
     needs_sequential_stages: bool = False
+    accepts_grouping: bool = False
 
     def summary(self) -> str:
         parts = ["shared representation" if self.has_shared_representation else "no single shared representation",
                  "multi-task" if self.supports_multiple_tasks else "one task only"]
         parts += [text for flag, text in ((self.init_from_single_task, "starts from the single-task networks"),
-                                          (self.needs_sequential_stages, "needs sequential backbone stages")) if flag]
+                                          (self.needs_sequential_stages, "needs sequential backbone stages"),
+                                          (self.accepts_grouping, "shape from a grouping search")) if flag]
         return "; ".join(parts)
 
 

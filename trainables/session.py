@@ -82,6 +82,10 @@ class Session:
             return torch.load(path, map_location=self.device, weights_only=True)
         return None
 
+    def after_epoch(self, epoch: int, model: nn.Module, tasks: Dict[str, Any]) -> None:
+        """Called after every training epoch with the bare model (e.g. FAFS measures which
+        examples each task finds difficult); nothing by default."""
+
     def report(self, metrics: Dict[str, Any], state: Optional[Dict[str, Any]] = None) -> None:
         self.reports.append(dict(metrics))
         if state is not None and self.checkpoint_dir:

@@ -106,6 +106,9 @@ def fit(cfg: TrialConfig, session: Session) -> Dict[str, Any]:
     model = build_model(tasks, cfg.model)
     for task, checkpoint in cfg.init_checkpoints.items():  # cross-stitch, NDDR: start from single-task nets
         model.load_single_task(task, load_state(checkpoint)["model"])
+    if cfg.init_from:  # grow from a related model (a FAFS round from the previous round)
+        parent = load_state(cfg.init_from)
+        model.load_parent(parent["model"], TrialConfig.from_dict(parent["config"]).model)
     model = model.to(session.device)
     balancer = build_balancer(cfg.balancer, cfg.tasks, cfg.context).to(session.device)
     per_worker_batch = max(1, cfg.batch_size // session.world_size)
@@ -159,6 +162,7 @@ def fit(cfg: TrialConfig, session: Session) -> Dict[str, Any]:
         if balancer.info.needs_epoch_losses:
             balancer.on_epoch_end(epoch, train_losses)
 
+        session.after_epoch(epoch, model.module if hasattr(model, "module") else model, tasks)
         val = evaluate(model, tasks, val_set, session, cfg.eval_batch_size)
         report: Dict[str, Any] = {"epoch": epoch, "lr": scheduler.get_last_lr()[0],
                                   "epoch_time_s": time.perf_counter() - t0}

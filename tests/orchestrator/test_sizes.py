@@ -14,7 +14,9 @@ CLOSE = {"survey_nyud": ["Single task", "mtl_baseline", "cross_stitch"],
 @pytest.mark.parametrize("name", sorted(CLOSE))
 def test_sizes_match_the_survey_tables(name):
     rows = {r["model"]: r for r in model_sizes(load_spec(preset(name)))}
-    assert list(rows) == ["Single task", "mtl_baseline", "mtan", "cross_stitch", "nddr_cnn"]
+    assert list(rows)[:5] == ["Single task", "mtl_baseline", "mtan", "cross_stitch", "nddr_cnn"]
+    # Table 4's Branched / FAFS rows get their tree from a search: no size before it has run
+    assert all(rows[m]["params_m"] is None and "(tree: " in m for m in list(rows)[5:])
     for model in CLOSE[name]:
         r = rows[model]
         assert r["params_m"] == pytest.approx(r["ref_params_m"], rel=0.03), model

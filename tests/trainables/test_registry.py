@@ -8,9 +8,12 @@ import torch
 
 import trainables  # noqa: F401
 from orchestrator.cli import main
+from orchestrator.grouping import GROUPINGS
 from trainables.plugins import NoParams, make_params
 from trainables.registry import REGISTRIES, Registry, RegistryError
 from trainables.schema import ConfigError, field_names
+
+KINDS = {**REGISTRIES, GROUPINGS.kind: GROUPINGS}  # the data plane's kinds and the control plane's
 
 
 def test_duplicate_name_raises_and_names_both_places():
@@ -75,8 +78,8 @@ def test_mtl_list_unknown_kind_fails(capsys):
 # the arguments a plug-in's constructor takes besides its parameters, per kind
 STRUCTURAL = {"balancer": {"task_names", "context"}, "architecture": {"tasks", "make_backbone", "make_head"},
               "backbone": set(), "head": {"in_channels", "out_channels", "low_channels"}, "task": {"name"},
-              "dataset": {"root", "split", "tasks", "augment"}}
-PLUGINS = [(kind, name) for kind, registry in REGISTRIES.items() for name in registry.names()]
+              "dataset": {"root", "split", "tasks", "augment"}, "grouping": set()}
+PLUGINS = [(kind, name) for kind, registry in KINDS.items() for name in registry.names()]
 
 
 REQUIRED = {"num_classes": 3}  # the only parameter without a default: a dataset always gives its class count
@@ -96,12 +99,12 @@ def _defaults(params_cls) -> dict:
 
 
 def test_every_kind_is_covered():
-    assert set(STRUCTURAL) == set(REGISTRIES)
+    assert set(STRUCTURAL) == set(KINDS)
 
 
 @pytest.mark.parametrize("kind, name", PLUGINS)
 def test_params_dataclass_is_the_one_source_of_keys(kind, name):
-    cls = REGISTRIES[kind].get(name)
+    cls = KINDS[kind].get(name)
     params_cls = cls.Params
     assert dataclasses.is_dataclass(params_cls) and params_cls.__dataclass_params__.frozen
     assert (cls.plugin_kind, cls.plugin_name) == (kind, name)
@@ -128,6 +131,8 @@ def _build(kind: str, name: str, params: dict):
     from trainables.plugins import ModelRef, Plugin, RunContext
 
     ref = Plugin(name, params)
+    if kind == "grouping":
+        return GROUPINGS.get(name)(params=ref.params)
     if kind == "balancer":
         return build_balancer(ref, ["a", "b"], RunContext(primary_task="a"))
     if kind == "dataset":
@@ -150,7 +155,7 @@ def _task(name):
 def test_builder_accepts_exactly_the_params_keys(kind, name):
     """Through the builder of each kind: every key of Params is accepted, an unknown one is refused
     with the plug-in named and the accepted keys listed - before anything is built."""
-    params_cls = REGISTRIES[kind].get(name).Params
+    params_cls = KINDS[kind].get(name).Params
     defaults = _defaults(params_cls)
     _build(kind, name, defaults)
     with pytest.raises(ValueError, match=rf"{kind} '{name}'.bogus: unknown key; accepted here: "

@@ -259,3 +259,20 @@ def test_unknown_param_split_and_task(small_root):
         syn.SyntheticScenes(small_root, "validation", ["depth"], **SMALL)
     with pytest.raises(ValueError, match="semseg, depth, normals, edge, scene"):
         syn.SyntheticScenes(small_root, "train", ["depth", "saliency"], **SMALL)
+
+
+def test_task_copies_serve_their_source_and_share_the_cache(small_root):
+    """A planted relation for task-grouping tests: a copy is its source task under another name."""
+    plain = syn.SyntheticScenes(small_root, "train", ["depth", "semseg"], **SMALL)
+    copied = syn.SyntheticScenes(small_root, "train", ["depth", "depth_copy", "semseg_copy"],
+                                 copies={"depth_copy": "depth", "semseg_copy": "semseg"}, **SMALL)
+    assert copied.path == plain.path  # copies are served, not rendered: the same cache
+    a, b = plain[3], copied[3]
+    assert torch.equal(b["targets"]["depth_copy"], a["targets"]["depth"])
+    assert torch.equal(b["targets"]["semseg_copy"], a["targets"]["semseg"])
+    info = syn.SyntheticScenes.describe(copies={"depth_copy": "depth"}, **SMALL)
+    assert info.tasks["depth_copy"] == info.tasks["depth"]
+    with pytest.raises(ValueError, match="copies.depth: a copy needs a new task name"):
+        syn.SyntheticParams(copies={"depth": "semseg"})
+    with pytest.raises(ValueError, match="copies.x: .* got 'flow'"):
+        syn.SyntheticParams(copies={"x": "flow"})

@@ -24,7 +24,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence
+from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -62,7 +62,7 @@ _DENSE_COLUMNS = {
 
 @dataclass(frozen=True)
 class SyntheticParams:
-    """Generator parameters; all of them key the cache.
+    """Generator parameters; all of them but ``copies`` key the cache.
 
     Attributes:
         image_size: side of the square images, a multiple of 32 in [32, 256] so that every
@@ -70,6 +70,9 @@ class SyntheticParams:
         num_train, num_val, num_test: images per split (>= 1 each).
         seed: generator seed (>= 0); image i of a split is the same for any split sizes.
         noise_std: std of the Gaussian pixel noise, in [0, 1] intensity units.
+        copies: extra task name -> the task it copies (same targets, same task type), e.g.
+            {"depth_copy": "depth"}: a planted relation between tasks whose answer is known
+            (task-grouping searches must put a task and its copy together). Served only.
     """
 
     image_size: int = 64
@@ -78,6 +81,7 @@ class SyntheticParams:
     num_test: int = 300
     seed: int = 0
     noise_std: float = 0.02
+    copies: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         s = self.image_size
@@ -94,13 +98,21 @@ class SyntheticParams:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
             raise ValueError(f"synthetic: noise_std must be a float in [0, 1], got {v!r}")
         object.__setattr__(self, "noise_std", float(v))  # 0 and 0.0 must key the same cache
+        for name, source in self.copies.items():
+            if source not in TASK_NAMES or name in TASK_NAMES or not name.replace("_", "").isalnum():
+                raise ValueError(f"synthetic: copies.{name}: a copy needs a new task name (letters, digits, '_') "
+                                 f"and one of {', '.join(TASK_NAMES)} as its source, got {source!r}")
+
+    def rendering(self) -> Dict[str, object]:
+        """The parameters that decide the rendered images (what keys the cache)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "copies"}
 
     def count(self, split: str) -> int:
         return {"train": self.num_train, "val": self.num_val, "test": self.num_test}[split]
 
     def cache_key(self) -> str:
         """First 12 hex digits of the sha256 of the canonical JSON of params + version."""
-        blob = json.dumps({"params": dataclasses.asdict(self), "version": GENERATOR_VERSION},
+        blob = json.dumps({"params": self.rendering(), "version": GENERATOR_VERSION},
                           sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -131,7 +143,7 @@ def is_complete(path: str, params: SyntheticParams) -> bool:
             meta = json.load(f)
     except (OSError, ValueError):
         return False
-    if meta.get("version") != GENERATOR_VERSION or meta.get("params") != dataclasses.asdict(params):
+    if meta.get("version") != GENERATOR_VERSION or meta.get("params") != params.rendering():
         return False
     return all(os.path.isfile(os.path.join(path, name))
                for split in SPLITS for name in _shard_names(params, split))
@@ -153,7 +165,7 @@ def _write_cache(out: str, params: SyntheticParams) -> None:
             pq.write_table(pa.table(columns), os.path.join(out, name))
     meta = {
         "version": GENERATOR_VERSION,
-        "params": dataclasses.asdict(params),
+        "params": params.rendering(),
         "counts": {split: params.count(split) for split in SPLITS},
         "rows_per_shard": ROWS_PER_SHARD,
         "shapes": {c: list(shape(s)) for c, (_, shape) in _DENSE_COLUMNS.items()},
@@ -216,15 +228,16 @@ class SyntheticScenes(torch.utils.data.Dataset, Configurable):
     @classmethod
     def describe(cls, **params) -> DatasetInfo:
         p = cls.params_of(params)
+        tasks = {
+            "semseg": Plugin("semseg", {"num_classes": N_CLASSES}),
+            "depth": Plugin("depth"),
+            "normals": Plugin("normals"),
+            "edge": Plugin("edge"),
+            "scene": Plugin("scene", {"num_classes": N_SCENES}),
+        }
         return DatasetInfo(
             name="synthetic",
-            tasks={
-                "semseg": Plugin("semseg", {"num_classes": N_CLASSES}),
-                "depth": Plugin("depth"),
-                "normals": Plugin("normals"),
-                "edge": Plugin("edge"),
-                "scene": Plugin("scene", {"num_classes": N_SCENES}),
-            },
+            tasks={**tasks, **{name: tasks[source] for name, source in p.copies.items()}},
             input_size=(p.image_size, p.image_size),
             default_batch_sizes=(8, 16, 32),
             notes=f"{N_CLASSES} classes ({', '.join(CLASS_NAMES)}); {N_SCENES} scene types "
@@ -276,15 +289,16 @@ class SyntheticScenes(torch.utils.data.Dataset, Configurable):
                              f"valid splits: {', '.join(SPLITS)}")
         if isinstance(tasks, str):
             tasks = [tasks]
-        bad = [t for t in tasks if t not in TASK_NAMES]
+        self.params = self.params_of(params)
+        self.source = {**{t: t for t in TASK_NAMES}, **self.params.copies}  # served task -> stored column
+        bad = [t for t in tasks if t not in self.source]
         if bad:
             raise ValueError(f"synthetic: unknown task(s) {', '.join(map(repr, bad))}; "
-                             f"valid tasks: {', '.join(TASK_NAMES)}")
-        self.params = self.params_of(params)
+                             f"valid tasks: {', '.join(self.source)}")
         self.split, self.tasks, self.augment = split, list(dict.fromkeys(tasks)), bool(augment)
         self.task_objects = make_tasks(self.describe(**params), self.tasks)
         self.path = self.prepare(root, **params)
-        self._arrays = self._load(["image"] + self.tasks)
+        self._arrays = self._load(["image"] + list(dict.fromkeys(self.source[t] for t in self.tasks)))
 
     def _load(self, columns: Sequence[str]) -> Dict[str, np.ndarray]:
         """This split's requested columns as compact numpy arrays, in index order."""
@@ -315,14 +329,15 @@ class SyntheticScenes(torch.utils.data.Dataset, Configurable):
         image = normalize_image(a["image"][i], IMAGE_MEAN, IMAGE_STD)
         targets: Dict[str, torch.Tensor] = {}
         for task in self.tasks:
-            if task == "scene":
+            column = self.source[task]  # the stored column (a copy serves its source's)
+            if column == "scene":
                 targets[task] = torch.tensor(a["scene"][i], dtype=torch.long)
-            elif task == "semseg":
+            elif column == "semseg":
                 targets[task] = torch.from_numpy(a["semseg"][i].astype(np.int64))
-            elif task == "normals":  # stored as float16
+            elif column == "normals":  # stored as float16
                 targets[task] = unit_normals(torch.from_numpy(a["normals"][i].astype(np.float32)).permute(2, 0, 1))
             else:  # depth, edge: [1, H, W] float
-                targets[task] = torch.from_numpy(a[task][i].astype(np.float32))[None]
+                targets[task] = torch.from_numpy(a[column][i].astype(np.float32))[None]
         if self.augment:
             image, targets = random_hflip(image, targets, self.task_objects)
         return {"image": image.contiguous(),
