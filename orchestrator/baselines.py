@@ -108,8 +108,9 @@ def run_on_actors(actor_class: type, method: str, jobs: Sequence[tuple], num_act
     try:
         yield from ActorPool(actors).map_unordered(lambda actor, job: getattr(actor, method).remote(*job), jobs)
     finally:
-        for actor in actors:
-            ray.kill(actor)
+        # dropping the handles ends the actors gracefully once idle (ray.kill's SIGTERM printed a
+        # traceback from every actor process into the study's console)
+        actors.clear()
 
 
 def best_baselines(results: Sequence[dict], directions: Dict[str, bool]) -> Dict[str, dict]:
