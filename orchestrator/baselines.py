@@ -94,10 +94,11 @@ def ensure_baselines(
 
 
 def run_on_actors(actor_class: type, method: str, jobs: Sequence[tuple], num_actors: int,
-                  actor_options: dict) -> Iterator[Any]:
+                  actor_options: dict, ordered: bool = False) -> Iterator[Any]:
     """``actor.<method>(*job)`` for every job on a pool of ``actor_class`` actors, in parallel;
-    yields the results as they finish. Each actor asks for ``actor_options`` (one worker's CPUs /
-    GPUs) and restarts after a crash; the pool is torn down when the jobs are done."""
+    yields the results as they finish, or in the order of the jobs with ``ordered``. Each actor
+    asks for ``actor_options`` (one worker's CPUs / GPUs) and restarts after a crash; the pool is
+    torn down when the jobs are done."""
     import ray
     from ray.util import ActorPool
 
@@ -106,7 +107,9 @@ def run_on_actors(actor_class: type, method: str, jobs: Sequence[tuple], num_act
     actors = [remote.options(max_restarts=2, max_task_retries=2, **actor_options).remote(threads)
               for _ in range(max(1, min(num_actors, len(jobs))))]
     try:
-        yield from ActorPool(actors).map_unordered(lambda actor, job: getattr(actor, method).remote(*job), jobs)
+        pool = ActorPool(actors)
+        run = pool.map if ordered else pool.map_unordered
+        yield from run(lambda actor, job: getattr(actor, method).remote(*job), jobs)
     finally:
         # dropping the handles ends the actors gracefully once idle (ray.kill's SIGTERM printed a
         # traceback from every actor process into the study's console)

@@ -111,8 +111,8 @@ def derive(p: Prepared, cluster: Cluster, exp: Experiment, best: Dict[str, dict]
 
     search = GROUPINGS.get(exp.grouping.name)(params=exp.grouping.params)
 
-    def run_jobs(method: str, jobs) -> List[Any]:
-        return list(bl.run_on_actors(SearchActor, method, jobs, cluster.actors, cluster.actor_options))
+    def run_jobs(method: str, jobs) -> List[Any]:  # results in the order of the jobs
+        return list(bl.run_on_actors(SearchActor, method, jobs, cluster.actors, cluster.actor_options, ordered=True))
 
     work_dir = os.path.join(p.cache_dir, "grouping")
     p.log(f"experiment {exp.name}: grouping search {exp.grouping.name} {dict(exp.grouping.params)}")

@@ -171,7 +171,37 @@ def test_mtl_group_runs_only_the_search_and_draws_it(first_run, capsys):
                         "experiments": [{"name": "branched", "architecture": "branched",
                                          "grouping": {"name": "branched_mtl", "params": {"num_images": 16}}}]}, fh)
     assert main(["group", path, "--storage", str(storage)]) == 0
-    files = capsys.readouterr().out.split(": ", 1)[1].strip().split(", ")
+    last = capsys.readouterr().out.strip().splitlines()[-1]  # "<experiment>: <file>, <file>, <file>"
+    assert last.startswith("branched: ")
+    files = last.split(": ", 1)[1].split(", ")
     assert [os.path.basename(f) for f in files] == ["branched-tree.png", "branched-affinity.png", "branched.json"]
     assert all(os.path.getsize(f) > 1000 for f in files)
     assert not os.path.exists(os.path.join(str(storage), "e2e_group", "tune"))  # nothing trained but baselines
+
+
+class _Sleeper:
+    """An actor body whose jobs finish in the reverse of the order they were given."""
+
+    def __init__(self, num_threads):
+        pass
+
+    def nap(self, index, seconds):
+        import time
+
+        time.sleep(seconds)
+        return index
+
+
+def test_actor_pool_results_in_job_order_when_asked(ray_session):
+    """Grouping searches pair each result with its task: run_on_actors(ordered=True) must return the
+    results in the order of the jobs, even when later jobs finish first."""
+    import sys
+
+    import ray.cloudpickle
+
+    from orchestrator.baselines import run_on_actors
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # tests/ is not importable on workers
+    jobs = [(i, 0.6 - 0.1 * i) for i in range(6)]
+    assert list(run_on_actors(_Sleeper, "nap", jobs, 2, {"num_cpus": 0.5}, ordered=True)) == list(range(6))
+    assert sorted(run_on_actors(_Sleeper, "nap", jobs, 2, {"num_cpus": 0.5})) == list(range(6))

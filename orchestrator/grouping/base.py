@@ -32,7 +32,8 @@ class GroupingContext:
         baselines: task -> the best cached single-task network of that task for this experiment's
             backbone and head ({"checkpoint", "setting_hash", "val", "test"}).
         run_jobs: ``run_jobs(method, jobs) -> results`` runs ``SearchActor.<method>(*job)`` for every
-            job on the study's actor pool, in parallel (``orchestrator/grouping/actor.py``).
+            job on the study's actor pool, in parallel (``orchestrator/grouping/actor.py``); the
+            results come in the order of the jobs.
         work_dir: a folder for the search's own files (training rounds, pictures).
         log: the study's log.
     """
