@@ -10,7 +10,7 @@ device: ``with torch.device("meta"): model = build_model(tasks, ref)`` (see ``co
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from torch import nn
 
@@ -78,14 +78,25 @@ def build_model(tasks: Mapping[str, Task], model: Union[ModelRef, Mapping[str, A
             and not backbone_cls.info_for(backbone_params).sequential_stages):
         raise ValueError(f"architecture {a!r} mixes features between backbone stages, but backbone {b!r} has no "
                          "sequential stages; use a ResNet or tiny_cnn backbone")
-    low_level = head_cls.info_for(head_params).low_level
+    head_info = head_cls.info_for(head_params)
+    low_level = head_info.low_level
+    if arch_cls.info_for(arch_params).needs_multi_scale and len(set(_strides(backbone_cls, backbone_params))) < 4:
+        raise ValueError(f"architecture {a!r} reads four scales of features, but backbone {b!r} has fewer distinct "
+                         "strides; use hrnet18 or an undilated ResNet")
 
     def make_backbone() -> nn.Module:
         return backbone_cls(params=backbone_params)
 
-    def make_head(task: Task, in_channels: int, low_channels: Optional[int] = None) -> nn.Module:
+    def make_head(task: Task, in_channels: int, low_channels: Optional[int] = None,
+                  scale_channels: Optional[Sequence[int]] = None) -> nn.Module:
         if task.kind == "image":
             return image_cls(in_channels, task.out_channels, params=image_params)
+        if head_info.multi_scale:
+            if scale_channels is None:
+                raise ValueError(f"head {h!r} reads every scale of the backbone's features, but architecture {a!r} "
+                                 "feeds its heads one feature map; use a single-scale head (conv, aspp) or an "
+                                 "architecture that feeds multi-scale features (mtl_baseline, single_task)")
+            return head_cls(list(scale_channels), task.out_channels, params=head_params)
         if not low_level:
             return head_cls(in_channels, task.out_channels, params=head_params)
         if low_channels is None:
@@ -95,6 +106,14 @@ def build_model(tasks: Mapping[str, Task], model: Union[ModelRef, Mapping[str, A
         return head_cls(in_channels, task.out_channels, params=head_params, low_channels=low_channels)
 
     return arch_cls(dict(tasks), make_backbone, make_head, params=arch_params)
+
+
+def _strides(backbone_cls, backbone_params) -> List[int]:
+    """The backbone's stage strides, from a meta-device build (nothing allocated)."""
+    import torch
+
+    with torch.device("meta"):
+        return list(backbone_cls(params=backbone_params).stage_strides)
 
 
 def prepare_model(model: ModelRef) -> None:

@@ -194,6 +194,13 @@ class ArchitectureInfo:
             (``BackboneInfo.sequential_stages``).
         accepts_grouping: the model's shape (its ``tree`` parameter) can come from a task-grouping
             search run by the study before training (``ExperimentSpec.grouping``).
+        deep_supervision: the model's output carries intermediate predictions
+            (``Predictions.aux``) that the step adds to each task's loss with per-level weights.
+        forward_per_task: the model serves one task per forward pass (``forward(x, task=t)``;
+            ASTMT's attentive single-tasking): the step runs the tasks one at a time on the
+            bare model and averages the gradients itself.
+        needs_multi_scale: the model reads several of the backbone's feature maps
+            (``features(x)``: MTI-Net's four HRNet scales).
     """
 
     has_shared_representation: bool = False
@@ -201,13 +208,19 @@ class ArchitectureInfo:
     init_from_single_task: bool = False
     needs_sequential_stages: bool = False
     accepts_grouping: bool = False
+    deep_supervision: bool = False
+    forward_per_task: bool = False
+    needs_multi_scale: bool = False
 
     def summary(self) -> str:
         parts = ["shared representation" if self.has_shared_representation else "no single shared representation",
                  "multi-task" if self.supports_multiple_tasks else "one task only"]
         parts += [text for flag, text in ((self.init_from_single_task, "starts from the single-task networks"),
                                           (self.needs_sequential_stages, "needs sequential backbone stages"),
-                                          (self.accepts_grouping, "shape from a grouping search")) if flag]
+                                          (self.accepts_grouping, "shape from a grouping search"),
+                                          (self.deep_supervision, "deep supervision"),
+                                          (self.forward_per_task, "one forward pass per task"),
+                                          (self.needs_multi_scale, "reads multi-scale features")) if flag]
         return "; ".join(parts)
 
 

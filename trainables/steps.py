@@ -25,6 +25,10 @@ parameter level (``grad_target="params"``): the per-task gradients w.r.t. the sh
 Partially labelled batches: a task without a labelled sample is absent from ``losses``; the
 per-task mask drops unlabelled samples from each loss.
 
+Architecture metadata (``ArchitectureInfo``): with ``deep_supervision`` each task's loss also
+carries its weighted intermediate predictions (``task_losses``); with ``forward_per_task`` the
+outputs come from one forward pass per task (``forward``).
+
 Data parallel: gradient-level steps run on the bare module (``model.module`` under DDP), so
 DDP's own all-reduce is bypassed and done here instead, through the session's collectives
 (``trainables/session.py``), when more than one worker runs: parameter-level per-task
@@ -41,8 +45,10 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from trainables.architectures.base import Predictions
 from trainables.balancers.base import Balancer
 from trainables.session import Session
 from trainables.tasks.base import Task
@@ -58,9 +64,48 @@ def labelled(out: Mapping[str, Tensor], tasks: Mapping[str, Task], batch) -> Dic
     return pairs
 
 
-def task_losses(out: Mapping[str, Tensor], tasks: Mapping[str, Task], batch) -> Dict[str, Tensor]:
-    """Per-task losses over the samples labelled for each task; unlabelled tasks are absent."""
-    return {name: tasks[name].loss(pred, target) for name, (pred, target) in labelled(out, tasks, batch).items()}
+def task_losses(out: Mapping[str, Tensor], tasks: Mapping[str, Task], batch,
+                pairs: Optional[Dict[str, Tuple[Tensor, Tensor]]] = None) -> Dict[str, Tensor]:
+    """Per-task losses over the samples labelled for each task; unlabelled tasks are absent.
+
+    Deep supervision: when ``out`` carries intermediate predictions (``Predictions.aux``), task
+    t's loss is loss(final) + sum_k w_k * loss(aux_k), each aux prediction upsampled (bilinear)
+    to the target's size and restricted to the same labelled samples; the balancer sees this
+    one loss per task. A level of weight 0 is still added (times 0), so the graph, and the
+    set of parameters DDP expects gradients for, do not depend on the weights.
+    """
+    pairs = labelled(out, tasks, batch) if pairs is None else pairs
+    aux = getattr(out, "aux", {})
+    losses = {}
+    for name, (pred, target) in pairs.items():
+        loss = tasks[name].loss(pred, target)
+        if aux.get(name):
+            keep = batch["mask"][name]
+            for weight, inter in zip(out.aux_weights, aux[name]):
+                inter = inter[keep]
+                if tasks[name].kind == "dense" and inter.shape[-2:] != pred.shape[-2:]:
+                    inter = F.interpolate(inter, size=pred.shape[-2:], mode="bilinear", align_corners=False)
+                loss = loss + weight * tasks[name].loss(inter, target)
+        losses[name] = loss
+    return losses
+
+
+def forward(model: nn.Module, x: Tensor):
+    """The model's outputs for a training step. A model that serves one task per forward pass
+    (``ArchitectureInfo.forward_per_task``, ASTMT) runs once per task on the bare module: DDP's
+    hooks expect one forward per backward, so the step averages those gradients itself."""
+    net = _bare(model)
+    if not net.info.forward_per_task:
+        return model(x)
+    out: Dict[str, Tensor] = {}
+    aux: Dict[str, List[Tensor]] = {}
+    weights: Tuple[float, ...] = ()
+    for name in net.task_names:
+        part = net(x, task=name)
+        out.update(part)
+        aux.update(getattr(part, "aux", {}))
+        weights = getattr(part, "aux_weights", weights)
+    return Predictions(out, aux, weights) if aux else out
 
 
 def training_step(model: nn.Module, balancer: Balancer, tasks: Mapping[str, Task], batch, optimizer,
@@ -75,27 +120,31 @@ def training_step(model: nn.Module, balancer: Balancer, tasks: Mapping[str, Task
     if balancer.info.needs_task_grads:
         losses = _grad_level(_bare(model), balancer, tasks, batch, session)
     else:
-        losses = _loss_level(model, balancer, tasks, batch)
+        losses = _loss_level(model, balancer, tasks, batch, session)
     session.average_grads_([p for p in balancer.parameters() if p.requires_grad])
     optimizer.step()
     return {name: float(loss.detach()) for name, loss in losses.items()}
 
 
 # -- loss level ----------------------------------------------------------------------------------
-def _loss_level(model: nn.Module, balancer: Balancer, tasks, batch) -> Dict[str, Tensor]:
-    out = model(batch["image"])
+def _loss_level(model: nn.Module, balancer: Balancer, tasks, batch, session: Session) -> Dict[str, Tensor]:
+    out = forward(model, batch["image"])
     pairs = labelled(out, tasks, batch)
-    losses = {name: tasks[name].loss(pred, target) for name, (pred, target) in pairs.items()}
+    losses = task_losses(out, tasks, batch, pairs)
     _observe(balancer, pairs)
     total = balancer.combine(losses) if losses else 0.0
     (total + _keep_graph_connected(out, losses)).backward()
+    if _bare(model).info.forward_per_task:  # DDP was bypassed: average the gradients here
+        session.average_grads_([p for p in _bare(model).parameters() if p.requires_grad])
     return losses
 
 
 def _keep_graph_connected(out: Mapping[str, Tensor], losses: Dict[str, Tensor]) -> Tensor:
     # A head whose task has no label in this batch must still take part in the backward pass:
     # DDP expects a gradient (here zero) for every parameter on every worker.
-    return sum((0.0 * o.sum() for n, o in out.items() if n not in losses), torch.zeros((), device=next(iter(out.values())).device))
+    aux = getattr(out, "aux", {})
+    unused = [o for n, o in out.items() if n not in losses] + [a for n, preds in aux.items() if n not in losses for a in preds]
+    return sum((0.0 * o.sum() for o in unused), torch.zeros((), device=next(iter(out.values())).device))
 
 
 def _observe(balancer: Balancer, pairs: Dict[str, Tuple[Tensor, Tensor]]) -> None:
@@ -138,9 +187,9 @@ def _grad_level(net: nn.Module, balancer: Balancer, tasks, batch, session: Sessi
         z_d = tuple(t.detach().requires_grad_() for t in zs)
         out = net.decode(z_d if isinstance(z, tuple) else z_d[0], x.shape[-2:])
     else:
-        out = net(x)
+        out = forward(net, x)
     pairs = labelled(out, tasks, batch)
-    losses = {name: tasks[name].loss(pred, target) for name, (pred, target) in pairs.items()}
+    losses = task_losses(out, tasks, batch, pairs)
     _observe(balancer, pairs)
     names, values = _present(balancer, losses, x.device, session)
     if not names:  # no task labelled on any worker: nothing to learn from this batch

@@ -143,12 +143,16 @@ def test_backbone_stages_contract(name, params):
         backbone = BACKBONES.get(name)(**params)
         x = torch.zeros(1, 3, 64, 96)
         out = backbone(x)
-        y = x
-        for stage, channels, stride in zip(
-            backbone.stages, backbone.stage_channels, backbone.stage_strides, strict=True
-        ):
-            y = stage(y)
-            assert tuple(y.shape) == (1, channels, 64 // stride, 96 // stride)
+        features = backbone.features(x)
+        if backbone.info_for(backbone.params).sequential_stages:  # features == running the stages in order
+            y, ran = x, []
+            for stage in backbone.stages:
+                y = stage(y)
+                ran.append(y)
+            assert [tuple(f.shape) for f in features] == [tuple(r.shape) for r in ran]
+        for f, channels, stride in zip(features, backbone.stage_channels, backbone.stage_strides, strict=True):
+            assert tuple(f.shape) == (1, channels, 64 // stride, 96 // stride)
+        y = features[-1]
     assert out.shape == y.shape
     assert backbone.stage_channels[-1] == backbone.out_channels
     assert backbone.stage_strides[-1] == backbone.output_stride
@@ -159,8 +163,8 @@ def test_backbone_forward_backward_finite(name):
     torch.manual_seed(0)
     backbone = BACKBONES.get(name)()
     x = torch.randn(2, 3, 64, 64)
-    out = backbone(x)
-    out.square().mean().backward()
+    # every stage's output: a multi-scale backbone (HRNet) has parameters only its finer maps use
+    sum(f.square().mean() for f in backbone.features(x)).backward()
     for pname, p in backbone.named_parameters():
         assert p.grad is not None, f"{name}.{pname} got no gradient"
         assert torch.isfinite(p.grad).all(), f"{name}.{pname} has a non-finite gradient"

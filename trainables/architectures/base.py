@@ -16,7 +16,14 @@ and how they connect. Its capabilities are a frozen ``ArchitectureInfo`` (``INFO
 
 What the train loop and the balancers rely on:
     forward(x) -> {task: output}: dense outputs at the input's H x W (bilinear,
-        align_corners=False), image-level outputs [B, C].
+        align_corners=False), image-level outputs [B, C]. With ``info.deep_supervision`` the
+        output is a ``Predictions`` (still a dict of the final outputs) that also carries
+        intermediate predictions ``aux`` = {task: [one per level]} and one loss weight per level
+        (``aux_weights``); the step adds sum_k w_k * loss(aux_k) to each task's loss, so a
+        balancer still sees one loss per task, and evaluation reads only the final outputs.
+        Intermediate dense predictions may be at any resolution (the step upsamples them).
+        With ``info.forward_per_task`` (ASTMT), ``forward(x, task=t)`` runs the network for
+        task t alone and returns {t: output}; ``forward(x)`` runs every task, one pass each.
     task_names: the tasks, in the order given.
     shared_parameters(): parameters every task uses (gradient-level balancers project on
         them); task_specific_parameters(task): the rest, split by task. Together they cover
@@ -50,6 +57,45 @@ from trainables.tasks.base import Task
 
 BackboneFactory = Callable[[], nn.Module]
 HeadFactory = Callable[..., nn.Module]  # (task, in_channels, low_channels=None) -> head
+
+
+class Predictions(dict):
+    """A model's output: {task: final prediction} plus intermediate predictions for deep supervision.
+
+    Attributes:
+        aux: task -> [prediction at level 0, level 1, ...] (a task may have fewer levels than
+            ``aux_weights``; dense ones at any resolution).
+        aux_weights: the loss weight of each level, the same for every task (0 turns a level's
+            supervision off without changing the graph: its gradient is exactly zero).
+    """
+
+    def __init__(self, final: Mapping[str, Tensor], aux: Mapping[str, Sequence[Tensor]] | None = None,
+                 aux_weights: Sequence[float] = ()):
+        super().__init__(final)
+        self.aux: Dict[str, List[Tensor]] = {t: list(preds) for t, preds in (aux or {}).items()}
+        self.aux_weights: Tuple[float, ...] = tuple(float(w) for w in aux_weights)
+        for task, preds in self.aux.items():
+            if task not in self:
+                raise ValueError(f"intermediate predictions for {task!r}, which has no final prediction")
+            if len(preds) > len(self.aux_weights):
+                raise ValueError(f"task {task!r} has {len(preds)} levels of intermediate predictions but only "
+                                 f"{len(self.aux_weights)} level weights were given")
+
+    def __reduce__(self):  # keep aux through pickling (DDP and Ray never need it, but copies should)
+        return (Predictions, (dict(self), self.aux, self.aux_weights))
+
+
+def check_level_weights(weights: Sequence[float], levels: int, where: str) -> Tuple[float, ...]:
+    """``weights`` as one float per level: a single value is used at every level."""
+    weights = tuple(float(w) for w in weights)
+    if len(weights) == 1:
+        weights = weights * levels
+    if len(weights) != levels:
+        raise ValueError(f"{where}: {len(weights)} weights given for {levels} levels of intermediate predictions; "
+                         f"give one value or {levels}")
+    if any(w < 0 for w in weights):
+        raise ValueError(f"{where}: weights must be >= 0, got {list(weights)}")
+    return weights
 
 
 class MultiTaskModel(nn.Module, Configurable):

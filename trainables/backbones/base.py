@@ -13,6 +13,8 @@ A backbone is built as ``BACKBONES.get(name)(params)`` (keyword arguments work t
     out_channels, output_stride: those of the last stage
     features(x) -> [Tensor]    every stage's output, in order (multi-scale consumers)
     low_level_index() -> int   the last stage at output stride 4 (DeepLab-v3+'s skip), or None
+    scales() -> [int]          the last stage at each distinct stride, finest first (what
+                               multi-scale heads and architectures read, e.g. HRNet's branches)
 
 ``prepare(params)`` runs on the driver before Ray starts (e.g. fetches pretrained weights, or
 fails with one line saying how to give a local file); workers never download anything.
@@ -81,6 +83,14 @@ class Backbone(nn.Module, Configurable):
             x = stage(x)
             out.append(x)
         return out
+
+    def scales(self) -> List[int]:
+        """The stages a multi-scale consumer reads: the last stage at each distinct output
+        stride, finest first (HRNet: its four branches; an undilated ResNet: layer1..layer4)."""
+        last = {}
+        for i, s in enumerate(self.stage_strides):
+            last[s] = i
+        return [last[s] for s in sorted(last)]
 
     def low_level_index(self) -> Optional[int]:
         at_four = [i for i, s in enumerate(self.stage_strides) if s == LOW_LEVEL_STRIDE]

@@ -7,7 +7,8 @@ size); image-level heads (``linear``) map it to [B, out_channels].
 
 A head with ``info.low_level`` (DeepLab-v3+) also takes the backbone's stride-4 features: it
 is built with ``low_channels`` (their channel count) and called as ``head(x, low)``. The
-builder refuses such a head on a backbone without a stride-4 stage, naming both.
+builder refuses such a head on a backbone without a stride-4 stage, naming both. A head with
+``info.multi_scale`` (HRNet's) is built with a list of channels and called with a list of maps.
 """
 from __future__ import annotations
 
@@ -25,11 +26,17 @@ class HeadInfo:
 
     Attributes:
         low_level: the head also reads the backbone's stride-4 features (a skip connection).
+        multi_scale: the head reads one map per scale of the backbone (``Backbone.scales()``,
+            finest first): it is built with their channels as a list and called with the list
+            (the HRNet head).
     """
 
     low_level: bool = False
+    multi_scale: bool = False
 
     def summary(self) -> str:
+        if self.multi_scale:
+            return "every scale of a multi-scale backbone"
         return "last features + stride-4 skip" if self.low_level else "last features"
 
 
@@ -43,6 +50,7 @@ class Head(nn.Module, Configurable):
         return cls.INFO
 
 
-def apply_head(head: nn.Module, x: Tensor, low: Optional[Tensor] = None) -> Tensor:
-    """``head(x)``, or ``head(x, low)`` for a head that reads the low-level features."""
+def apply_head(head: nn.Module, x, low: Optional[Tensor] = None) -> Tensor:
+    """``head(x)``, or ``head(x, low)`` for a head that reads the low-level features (``x`` is a
+    list of maps for a multi-scale head)."""
     return head(x, low) if head.INFO.low_level else head(x)
