@@ -201,6 +201,8 @@ class ArchitectureInfo:
             bare model and averages the gradients itself.
         needs_multi_scale: the model reads several of the backbone's feature maps
             (``features(x)``: MTI-Net's four HRNet scales).
+        dense_only: every task must be a dense (per-pixel) task: the model exchanges
+            information between tasks' feature maps (PAD-Net, PAP-Net, JTRL, MTI-Net).
     """
 
     has_shared_representation: bool = False
@@ -211,6 +213,7 @@ class ArchitectureInfo:
     deep_supervision: bool = False
     forward_per_task: bool = False
     needs_multi_scale: bool = False
+    dense_only: bool = False
 
     def summary(self) -> str:
         parts = ["shared representation" if self.has_shared_representation else "no single shared representation",
@@ -220,7 +223,8 @@ class ArchitectureInfo:
                                           (self.accepts_grouping, "shape from a grouping search"),
                                           (self.deep_supervision, "deep supervision"),
                                           (self.forward_per_task, "one forward pass per task"),
-                                          (self.needs_multi_scale, "reads multi-scale features")) if flag]
+                                          (self.needs_multi_scale, "reads multi-scale features"),
+                                          (self.dense_only, "dense tasks only")) if flag]
         return "; ".join(parts)
 
 

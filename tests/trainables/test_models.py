@@ -50,6 +50,8 @@ def dense_and_image_tasks() -> dict:
 def task_sets(architecture: str) -> list[dict]:
     """Task sets an architecture can take: all tasks together, or one at a time."""
     tasks = dense_and_image_tasks()
+    if architecture_info(architecture).dense_only:
+        tasks = {n: t for n, t in tasks.items() if t.kind == "dense"}
     if architecture_info(architecture).supports_multiple_tasks:
         return [tasks]
     return [{name: task} for name, task in tasks.items()]

@@ -117,6 +117,9 @@ class MultiTaskModel(nn.Module, Configurable):
                 raise ValueError(f"task registered under {name!r} has name {task.name!r}; they must match")
             if task.kind not in ("dense", "image"):
                 raise ValueError(f"task {name!r} has kind {task.kind!r}; expected 'dense' or 'image'")
+            if self.info.dense_only and task.kind != "dense":
+                raise ValueError(f"{self.label()} exchanges information between per-pixel task features and takes "
+                                 f"dense tasks only; task {name!r} is image-level")
         self.tasks: Dict[str, Task] = dict(tasks)
         self.task_names: List[str] = list(tasks)
 
