@@ -66,26 +66,37 @@ def validate(spec: StudySpec) -> DatasetInfo:
     missing = [t for t in spec.tasks if t not in info.tasks]
     if missing:
         raise SpecError(f"tasks: {missing} not offered by dataset {spec.dataset.name!r}; it offers {sorted(info.tasks)}")
+    for where, aux in [("auxiliary_tasks", spec.auxiliary_tasks)] + [
+            (f"experiments[{i}].auxiliary_tasks", e.auxiliary_tasks or ()) for i, e in enumerate(spec.experiments)]:
+        missing = [t for t in aux if t not in info.tasks]
+        if missing:
+            raise SpecError(f"{where}: {missing} not offered by dataset {spec.dataset.name!r}; "
+                            f"it offers {sorted(info.tasks)}")
     if spec.dataset.labels is not None:
         try:
             check_labels(spec.dataset.labels, list(spec.tasks))
         except ValueError as err:  # its messages start with "labels.<key>:"
             raise SpecError(f"dataset.{err}") from None
-    tasks = build_tasks(spec.dataset.plugin, spec.tasks)
     for i, exp in enumerate(spec.experiments):
         where = f"experiments[{i}]"
         model = exp.model(spec)
+        trained = spec.tasks + exp.auxiliary(spec)
+        tasks = build_tasks(spec.dataset.plugin, trained, exp.auxiliary(spec))
         _known(ARCHITECTURES, model.architecture.name, f"{where}.architecture.name")
         _known(BALANCERS, exp.balancer.name, f"{where}.balancer.name")
         _known(BACKBONES, model.backbone.name, f"{where}.backbone.name" if exp.backbone else "backbone.name")
         _known(HEADS, model.head.name, f"{where}.head.name" if exp.head else "head.name")
         arch = _checked(lambda: architecture_info(model.architecture), f"{where}.architecture.params")
         needs = _checked(lambda: balancer_info(exp.balancer), f"{where}.balancer.params")
-        _check_pair(where, exp, arch, needs, len(spec.tasks))
+        _check_pair(where, exp, arch, needs, len(trained))
         if exp.grouping is not None:
             _check_grouping(where, exp, arch, needs)
+            if exp.auxiliary(spec):
+                raise SpecError(f"{where}.auxiliary_tasks: a grouping search derives the tree from every task's "
+                                f"single-task network, and auxiliary tasks {list(exp.auxiliary(spec))} have none; "
+                                "set auxiliary_tasks: [] for this experiment")
         context = RunContext(primary_task=exp.primary_task or spec.primary_task)
-        _checked(lambda: build_balancer(exp.balancer, spec.tasks, context), f"{where}.balancer.params")
+        _checked(lambda: build_balancer(exp.balancer, trained, context), f"{where}.balancer.params")
         with torch.device("meta"):  # builds the model without allocating it
             _checked(lambda: build_model(tasks, model), f"{where}: cannot build the model")
     if not settings_of(spec, info):
@@ -182,14 +193,15 @@ def expand(spec: StudySpec, info: DatasetInfo, data_root: Optional[str]) -> Tupl
         experiments.append(Experiment(
             exp.name, "multi_task",
             dataclasses.replace(common, experiment=exp.name, model=model, balancer=exp.balancer,
-                                primary_task=exp.primary_task or spec.primary_task),
+                                primary_task=exp.primary_task or spec.primary_task,
+                                tasks=spec.tasks + exp.auxiliary(spec), auxiliary_tasks=exp.auxiliary(spec)),
             settings, seeds, exp.weight_search, tuple(names), exp.grouping))
     return list(baselines.values()), experiments
 
 
 def complexity(cfg: TrialConfig) -> Tuple[int, float]:
     """(#params, GMACs) of the model of ``cfg`` at its dataset's input size."""
-    tasks = build_tasks(cfg.dataset, cfg.tasks)
+    tasks = build_tasks(cfg.dataset, cfg.tasks, cfg.auxiliary_tasks)
     with torch.device("meta"):  # shapes only: counting a ResNet-50 at 480x640 is instant
         model = build_model(tasks, cfg.model)
     return count_parameters(model), count_flops(model, describe_dataset(cfg.dataset).input_size)["macs"] / 1e9

@@ -20,10 +20,20 @@ def _task_columns(rows: Sequence[Dict[str, Any]], primary_task: Optional[str]) -
     """[(task, metric, higher_is_better)] in table order (the primary task first)."""
     from trainables.build import build_tasks
 
-    widest = max(rows, key=lambda r: len(r["tasks"]))
-    tasks = build_tasks(json.loads(widest["config_json"])["dataset"], widest["tasks"])
+    widest = max(rows, key=lambda r: len(_scored(r)))
+    tasks = build_tasks(json.loads(widest["config_json"])["dataset"], _scored(widest))
     order = sorted(tasks, key=lambda t: t != primary_task)
     return [(t, tasks[t].primary_metric, tasks[t].higher_is_better) for t in order]
+
+
+def _auxiliary(row: Dict[str, Any]) -> List[str]:
+    return list(json.loads(row["config_json"]).get("auxiliary_tasks") or [])
+
+
+def _scored(row: Dict[str, Any]) -> List[str]:
+    """The row's tasks that Delta_m scores (auxiliary tasks are trained, not scored)."""
+    aux = set(_auxiliary(row))
+    return [t for t in row["tasks"] if t not in aux]
 
 
 def _cell(values: Sequence[float], digits: int = 2, signed: bool = False) -> str:
@@ -116,4 +126,14 @@ def render(rows: Sequence[Dict[str, Any]], fmt: str = "markdown", primary_task: 
     fmt_line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     lines = [fmt_line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [fmt_line(b) for b in body]
     note = "Δm: survey Eq. 10 on the test split against the single-task networks; best setting per model chosen on val."
-    return "\n".join(lines + [note])
+    return "\n".join(lines + [note] + auxiliary_notes(rows))
+
+
+def auxiliary_notes(rows: Sequence[Dict[str, Any]]) -> List[str]:
+    """One line per model that trained auxiliary tasks (supervised, not in the columns or Δm)."""
+    per_model: Dict[str, List[str]] = {}
+    for r in rows:
+        if r["role"] == "multi_task" and _auxiliary(r):
+            per_model.setdefault(r["experiment"], _auxiliary(r))
+    return [f"{name}: auxiliary tasks {', '.join(aux)} (trained and supervised, not scored in Δm)"
+            for name, aux in per_model.items()]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
@@ -80,7 +80,8 @@ class LossWeightSearch:
 class ExperimentSpec:
     """One model of the study: an architecture + balancer (backbone/head default to the study's).
 
-    ``primary_task`` overrides the study's (e.g. an IAL study with each task as the primary one).
+    ``primary_task`` overrides the study's (e.g. an IAL study with each task as the primary one);
+    ``auxiliary_tasks`` the study's (e.g. PAD-Net with normals and edges, the MTL baseline without).
     ``grouping`` names a task-grouping search (``mtl list grouping``) that the study runs on the
     cached single-task networks to derive the architecture's tree before the experiment trains.
     """
@@ -93,6 +94,11 @@ class ExperimentSpec:
     weight_search: Optional[LossWeightSearch] = None
     primary_task: Optional[str] = None
     grouping: Optional[Plugin] = None
+    auxiliary_tasks: Optional[Tuple[str, ...]] = None
+
+    def auxiliary(self, study: "StudySpec") -> Tuple[str, ...]:
+        """The auxiliary tasks this experiment trains: its own, or else the study's."""
+        return tuple(study.auxiliary_tasks if self.auxiliary_tasks is None else self.auxiliary_tasks)
 
     def model(self, study: "StudySpec") -> ModelRef:
         """This experiment's model: its architecture on its (or else the study's) backbone and head."""
@@ -201,6 +207,12 @@ class ReferenceTable:
 
 @dataclass(frozen=True)
 class StudySpec:
+    """A study: tasks (scored in Delta_m, each with single-task baselines), optional
+    ``auxiliary_tasks`` (trained and supervised alongside by every multi-task experiment unless
+    it overrides them, logged, but not scored and given no baseline: PAD-Net's normals and edges
+    on NYUD-v2), the experiments, the dataset, the default backbone and head, the grid, training
+    and resources."""
+
     name: str
     tasks: Tuple[str, ...]
     experiments: Tuple[ExperimentSpec, ...]
@@ -211,6 +223,7 @@ class StudySpec:
     train: TrainSpec = TrainSpec()
     resources: ResourcesSpec = ResourcesSpec()
     primary_task: Optional[str] = None
+    auxiliary_tasks: Tuple[str, ...] = ()
     description: str = ""
     reference: Optional[ReferenceTable] = None
 
@@ -229,7 +242,10 @@ class StudySpec:
             raise SpecError(f"experiments: duplicate experiment names in {names}")
         if self.primary_task is not None and self.primary_task not in self.tasks:
             raise SpecError(f"primary_task: {self.primary_task!r} is not one of tasks {list(self.tasks)}")
+        _check_auxiliary("auxiliary_tasks", self.auxiliary_tasks, self.tasks)
         for i, exp in enumerate(self.experiments):
+            if exp.auxiliary_tasks is not None:
+                _check_auxiliary(f"experiments[{i}].auxiliary_tasks", exp.auxiliary_tasks, self.tasks)
             if exp.primary_task is not None and exp.primary_task not in self.tasks:
                 raise SpecError(f"experiments[{i}].primary_task: {exp.primary_task!r} is not one of tasks {list(self.tasks)}")
             if exp.weight_search is not None and exp.balancer.name != "fixed":
@@ -248,6 +264,15 @@ class StudySpec:
 
     def replace(self, **changes) -> "StudySpec":
         return dataclasses.replace(self, **changes)
+
+
+def _check_auxiliary(where: str, auxiliary: Sequence[str], tasks: Sequence[str]) -> None:
+    if len(set(auxiliary)) != len(auxiliary):
+        raise SpecError(f"{where}: duplicates in {list(auxiliary)}")
+    both = [t for t in auxiliary if t in tasks]
+    if both:
+        raise SpecError(f"{where}: {both} are also in tasks {list(tasks)}; a task is either scored (tasks) or "
+                        "auxiliary (trained, not scored in Delta_m, no single-task baseline)")
 
 
 def load_spec(source: Any) -> StudySpec:

@@ -171,7 +171,8 @@ def run_study(spec: StudySpec, storage: str = DEFAULT_STORAGE, smoke_run: bool =
         baseline_test = {k: best[k.split("/")[0]]["test"][k] for k in directions}
         init = {}
         if architecture_info(exp.base.model.architecture).init_from_single_task:
-            init = {task: best[task]["checkpoint"] for task in exp.base.tasks}
+            # auxiliary tasks have no single-task network: their part of the model starts fresh
+            init = {task: best[task]["checkpoint"] for task in exp.base.scored_tasks}
             log(f"  {exp.name} starts from the single-task networks: {init}")
         exp = dataclasses.replace(exp, base=dataclasses.replace(exp.base, baseline_val=baseline_val,
                                                                 baseline_test=baseline_test, init_checkpoints=init))

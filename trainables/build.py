@@ -45,18 +45,24 @@ def build_dataset(ref: Ref, root, split: str, tasks: Sequence[str], augment: boo
     return DATASETS.get(ref.name)(root=root, split=split, tasks=list(tasks), augment=augment, **ref.params)
 
 
-def build_tasks(dataset: Ref, names: Sequence[str]) -> Dict[str, Task]:
-    """Task plug-ins for ``names`` as dataset ``dataset`` describes them."""
+def build_tasks(dataset: Ref, names: Sequence[str], auxiliary: Sequence[str] = ()) -> Dict[str, Task]:
+    """Task plug-ins for ``names`` as dataset ``dataset`` describes them; those in ``auxiliary``
+    get ``task.auxiliary = True`` (trained, not scored: architectures such as PAD-Net give them
+    initial predictions only)."""
     info = describe_dataset(dataset)
     missing = [n for n in names if n not in info.tasks]
     if missing:
         raise ValueError(f"tasks: {missing} not offered by dataset {info.name!r}; it offers {sorted(info.tasks)}")
-    return make_tasks(info, names)
+    tasks = make_tasks(info, names)
+    for name in auxiliary:
+        tasks[name].auxiliary = True
+    return tasks
 
 
 def primary_directions(tasks: Mapping[str, Task]) -> Dict[str, bool]:
-    """"task/metric" -> higher_is_better, for each task's primary metric."""
-    return {f"{n}/{t.primary_metric}": t.higher_is_better for n, t in tasks.items()}
+    """"task/metric" -> higher_is_better, for each scored task's primary metric (auxiliary
+    tasks are left out: they are not part of Delta_m)."""
+    return {f"{n}/{t.primary_metric}": t.higher_is_better for n, t in tasks.items() if not t.auxiliary}
 
 
 # -- models -----------------------------------------------------------------------------------------

@@ -44,6 +44,8 @@ class TrialConfig:
             architectures with ``ArchitectureInfo.init_from_single_task`` (cross-stitch, NDDR).
         init_from: the checkpoint of a related model this one grows from (e.g. the previous round
             of a FAFS widening); the architecture's ``load_parent`` maps its weights.
+        auxiliary_tasks: those of ``tasks`` that are trained and supervised but not scored:
+            left out of Delta_m and of the score Tune optimises; their metrics are still logged.
     """
 
     experiment: str
@@ -70,6 +72,7 @@ class TrialConfig:
     label_file: Optional[str] = None
     init_checkpoints: Mapping[str, str] = field(default_factory=dict)
     init_from: Optional[str] = None
+    auxiliary_tasks: Tuple[str, ...] = ()
 
     def __post_init__(self):
         for name in ("dataset", "balancer"):  # a name or a {name, params} mapping is a Plugin
@@ -77,6 +80,7 @@ class TrialConfig:
         object.__setattr__(self, "model", from_plain(ModelRef, self.model, "model"))
         object.__setattr__(self, "tasks", tuple(self.tasks))
         object.__setattr__(self, "step_milestones", tuple(self.step_milestones))
+        object.__setattr__(self, "auxiliary_tasks", tuple(self.auxiliary_tasks))
         if not self.tasks:
             raise ConfigError("tasks: at least one task is required")
         if len(set(self.tasks)) != len(self.tasks):
@@ -97,9 +101,19 @@ class TrialConfig:
             raise ConfigError(f"step_milestones: {self.step_milestones} must be fractions in (0, 1)")
         if self.primary_task is not None and self.primary_task not in self.tasks:
             raise ConfigError(f"primary_task: {self.primary_task!r} is not one of the tasks {list(self.tasks)}")
+        stray = [t for t in self.auxiliary_tasks if t not in self.tasks]
+        if stray:
+            raise ConfigError(f"auxiliary_tasks: {stray} are not among the tasks {list(self.tasks)}")
+        if len(self.auxiliary_tasks) >= len(self.tasks):
+            raise ConfigError(f"auxiliary_tasks: {list(self.auxiliary_tasks)} leave no scored task among {list(self.tasks)}")
         unknown = sorted(set(self.init_checkpoints) - set(self.tasks))
         if unknown:
             raise ConfigError(f"init_checkpoints: tasks {unknown} are not among the tasks {list(self.tasks)}")
+
+    @property
+    def scored_tasks(self) -> Tuple[str, ...]:
+        """The tasks Delta_m and the score read: ``tasks`` without the auxiliary ones."""
+        return tuple(t for t in self.tasks if t not in self.auxiliary_tasks)
 
     @property
     def context(self) -> RunContext:

@@ -88,14 +88,14 @@ def score(cfg: TrialConfig, metrics: Mapping[str, float], baseline: Mapping[str,
     if len(directions) == 1:  # a single-task run: its primary metric, signed so higher is better
         (key, higher), = directions.items()
         return {"score": metrics[key] if higher else -metrics[key]}
-    return {"score": -sum(metrics[f"{t}/loss"] for t in cfg.tasks)}
+    return {"score": -sum(metrics[f"{t}/loss"] for t in cfg.scored_tasks)}
 
 
 def fit(cfg: TrialConfig, session: Session) -> Dict[str, Any]:
     """Train ``cfg`` to the end (or from its last checkpoint); return the last report."""
     seed_everything(cfg.seed + 1000 * session.rank)
-    tasks = build_tasks(cfg.dataset, cfg.tasks)
-    directions = primary_directions(tasks)
+    tasks = build_tasks(cfg.dataset, cfg.tasks, cfg.auxiliary_tasks)
+    directions = primary_directions(tasks)  # auxiliary tasks are trained and logged, not scored
     train_set = build_dataset(cfg.dataset, cfg.data_root, "train", cfg.tasks, augment=True)
     if cfg.label_file:  # partially labelled MTL: drop the labels the study's label file removes
         from trainables.datasets.partial import LabelMasked

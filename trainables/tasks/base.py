@@ -46,6 +46,8 @@ class Task(Configurable, abc.ABC):
     primary_metric: ClassVar[str] = ""
     higher_is_better: ClassVar[bool] = True
     plugin_kind: ClassVar[str] = "task"
+    # Set on the instance by ``build_tasks`` for a study's auxiliary tasks (trained, not scored).
+    auxiliary: bool = False
     # The target value that marks an element without a label (dense tasks; see ``resample``).
     ignore_value: ClassVar[Optional[float]] = None
 
