@@ -251,3 +251,64 @@ def test_multi_scale_head_reads_every_scale_and_single_scale_architectures_refus
     with pytest.raises(ValueError, match="head 'hrnet' reads every scale.*architecture 'cross_stitch'"):
         build_model(tasks, ModelRef(architecture=Plugin("cross_stitch"), backbone=Plugin("resnet18"),
                                     head=Plugin("hrnet")))
+
+
+# -- data parallel ---------------------------------------------------------------------------------
+SEAM_MODELS = {"deep_supervision": DeepToy, "forward_per_task": PerTaskToy}
+
+
+def _seam_steps(model, balancer, batches):
+    net = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    bal = build_balancer(Plugin(balancer), TOY_TASKS)
+    opt = torch.optim.SGD(list(model.parameters()) + list(bal.parameters()), lr=0.1)
+    for batch in batches:
+        training_step(model, bal, net.tasks, batch, opt)
+    return [p.detach().clone() for p in list(net.parameters()) + list(bal.parameters())]
+
+
+def _seam_model(kind):
+    torch.manual_seed(0)
+    return SEAM_MODELS[kind]({t: MSETask(t) for t in TOY_TASKS})
+
+
+def _seam_ddp_worker(rank, world, init_file, out_file):
+    import torch.distributed as dist
+
+    from tests.trainables.test_steps import _rows
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    full = toy_batch(b=12)
+    results = {}
+    for kind in SEAM_MODELS:
+        for balancer in ("fixed", "uncertainty"):
+            ddp = nn.parallel.DistributedDataParallel(_seam_model(kind))
+            results[(kind, balancer)] = _seam_steps(ddp, balancer, [_rows(full, slice(6 * rank, 6 * rank + 6))] * 2)
+            # task "c" labelled on rank 0 only: the replicas stay identical
+            partial = toy_batch({"c": list(range(6))} if rank == 1 else None)
+            params = torch.cat([p.flatten() for p in _seam_steps(
+                nn.parallel.DistributedDataParallel(_seam_model(kind)), balancer, [partial])])
+            gathered = [torch.zeros_like(params) for _ in range(world)]
+            dist.all_gather(gathered, params)
+            results[(kind, balancer, "in_sync")] = all(torch.equal(gathered[0], g) for g in gathered)
+    if rank == 0:
+        torch.save(results, out_file)
+    dist.destroy_process_group()
+
+
+def test_seams_under_data_parallel_match_one_process(tmp_path):
+    """Two gloo workers on half batches == one process on the whole batch, for a deep-supervised
+    model (Predictions through DDP's forward) and a one-forward-per-task model (DDP bypassed,
+    gradients averaged by the step)."""
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "seams.pt"
+    mp.spawn(_seam_ddp_worker, args=(2, str(tmp_path / "init"), str(out)), nprocs=2, join=True)
+    results = torch.load(out, weights_only=False)
+    full = toy_batch(b=12)
+    for kind in SEAM_MODELS:
+        for balancer in ("fixed", "uncertainty"):
+            expected = _seam_steps(_seam_model(kind), balancer, [full] * 2)
+            for got, want in zip(results[(kind, balancer)], expected, strict=True):
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=f"{kind}/{balancer}")
+            assert results[(kind, balancer, "in_sync")], f"{kind}/{balancer}: replicas diverged"
