@@ -111,6 +111,9 @@ def _check_pair(where: str, exp: ExperimentSpec, arch, needs, n_tasks: int) -> N
         raise SpecError(f"{where}: balancer {b!r} balances gradients w.r.t. the shared representation, but "
                         f"architecture {a!r} has no single shared representation; use an architecture that has "
                         f"one (mtl list architecture) or a parameter-level balancer setting (mtl list balancer)")
+    if arch.task_count is not None and n_tasks != arch.task_count:
+        raise SpecError(f"{where}.architecture: {a!r} takes exactly {arch.task_count} tasks, this experiment trains "
+                        f"{n_tasks} (auxiliary tasks included); choose {arch.task_count} tasks or another architecture")
     if n_tasks > 1 and not arch.supports_multiple_tasks:
         raise SpecError(f"{where}.architecture: {a!r} takes exactly one task, the study has {n_tasks}; "
                         "single-task networks are trained as the study's baselines")

@@ -203,6 +203,8 @@ class ArchitectureInfo:
             (``features(x)``: MTI-Net's four HRNet scales).
         dense_only: every task must be a dense (per-pixel) task: the model exchanges
             information between tasks' feature maps (PAD-Net, PAP-Net, JTRL, MTI-Net).
+        task_count: the exact number of tasks (auxiliary ones included) the model takes, e.g.
+            2 for JTRL's alternating pair; None: any number.
     """
 
     has_shared_representation: bool = False
@@ -214,6 +216,7 @@ class ArchitectureInfo:
     forward_per_task: bool = False
     needs_multi_scale: bool = False
     dense_only: bool = False
+    task_count: Optional[int] = None
 
     def summary(self) -> str:
         parts = ["shared representation" if self.has_shared_representation else "no single shared representation",
@@ -224,7 +227,8 @@ class ArchitectureInfo:
                                           (self.deep_supervision, "deep supervision"),
                                           (self.forward_per_task, "one forward pass per task"),
                                           (self.needs_multi_scale, "reads multi-scale features"),
-                                          (self.dense_only, "dense tasks only")) if flag]
+                                          (self.dense_only, "dense tasks only"),
+                                          (self.task_count is not None, f"exactly {self.task_count} tasks")) if flag]
         return "; ".join(parts)
 
 

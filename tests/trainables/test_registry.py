@@ -141,6 +141,11 @@ def _build(kind: str, name: str, params: dict):
         info = DatasetInfo(name="fixture", tasks={"t": ref}, input_size=(32, 32))
         return make_tasks(info, ["t"])
     tasks = {"seg": _task("seg")}
+    if kind == "architecture":  # as many tasks as the architecture takes (JTRL: exactly two)
+        from trainables.registry import ARCHITECTURES
+
+        count = ARCHITECTURES.get(name).INFO.task_count
+        tasks = {f"seg{i}": _task(f"seg{i}") for i in range(count)} if count else tasks
     with torch.device("meta"):
         return build_model(tasks, ModelRef(**{kind: ref}))
 
