@@ -18,8 +18,8 @@ that stride), R a residual stack, U an upsampling block and TAM the task-attenti
 
 so every state reads the latest state of the other task and the previous one of its own. Each
 state but the last pair predicts its task with a 1x1 conv (deep supervision, one level per
-scale, L - 1 levels per task, weights ``aux_weights``); the last pair goes through the model's
-head plug-in and gives the final outputs, resized to the input (bilinear).
+scale, L - 1 levels per task, weights ``aux_weights``); the last pair goes through JTRL's own
+light heads (``head_channels``) and gives the final outputs, resized to the input (bilinear).
 
     R(c_in -> w): two ResNet Bottlenecks (width w / 4; a 1x1 conv + BN shortcut when c_in != w).
     U(w -> w'): parallel convs with kernels ``up_kernels`` (each conv + BN + ReLU, 4 w' / n
@@ -61,8 +61,8 @@ there costs 16 x the MACs, so both figures cannot be met at once. The default wi
       transition costs the same); TAMs 1.01 M, 3 * 10.6 G; R 2.5 M (2.1 M for the first
       task), 22-24 G; head 13 G
     = 67.7 M / 658 G (survey: -77 % / -0.3 %).
-The last states are at the input's resolution, so the head plug-in runs there: an ``aspp``
-head (the survey's Table 3 head) would make it 70.5 M / 1516 G; use ``conv`` (as above).
+The last states are at the input's resolution, so the heads run there: an ``aspp`` head (the
+survey's Table 3 head) would make it 70.5 M / 1516 G, hence JTRL's own ``conv``-shaped heads.
 Widths (1024, 512, 256, 128), the re-implementation's, give 158.6 M / 1765 G; 295 M would take
 (1472, 736, 368, 184): 298.9 M, at 3472 G.
 
@@ -77,6 +77,11 @@ Hyper-parameters:
         shared representation (``has_shared_representation``).
     aux_weights (floats >= 0, default (1.0,)): loss weight of each intermediate level (scales
         0 .. L-2), one value for all or L - 1 values.
+    head_channels (int > 0, default 64): width of the final heads, JTRL's own light heads (3x3
+        conv + BN + ReLU + 1x1 conv, the ``conv`` head) on the last states. The study's head
+        plug-in is not used: the last states are at the input's resolution, where an ASPP head
+        alone would cost JTRL 1516 G instead of 660 G; the single-task networks of the study keep
+        their own heads, and Delta_m is measured against them.
 
 Parameter split: the backbone is shared; each task owns the stacks, upsampling blocks and TAMs
 of its own states, its intermediate classifiers and its head.
@@ -91,6 +96,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck
 
+from trainables.heads.conv import ConvHead
 from trainables.architectures.base import (
     BackboneFactory,
     HeadFactory,
@@ -121,6 +127,7 @@ class JTRLParams:
     up_kernels: Tuple[int, ...] = (1, 3, 5, 7)
     skips: bool = True
     aux_weights: Tuple[float, ...] = (1.0,)
+    head_channels: int = 64
 
     def __post_init__(self) -> None:
         if not self.widths or not all(_positive_int(w) and w % 4 == 0 for w in self.widths):
@@ -132,6 +139,8 @@ class JTRLParams:
         if any(4 * w % n for w in self.widths[1:]):
             raise ValueError(f"jtrl: the upsampling blocks split 4 * width channels over {n} kernels; 4 * each of "
                              f"widths[1:] = {list(self.widths[1:])} must be divisible by {n}")
+        if isinstance(self.head_channels, bool) or not isinstance(self.head_channels, int) or self.head_channels <= 0:
+            raise ValueError(f"jtrl: head_channels must be a positive int, got {self.head_channels!r}")
         if not isinstance(self.skips, bool):
             raise ValueError(f"jtrl: skips must be true or false, got {self.skips!r}")
         check_level_weights(self.aux_weights, max(len(self.widths) - 1, 1), "jtrl: aux_weights")
@@ -239,7 +248,9 @@ class JTRL(MultiTaskModel):
             self.classify[name] = nn.ModuleList(
                 [nn.Conv2d(widths[l], self.tasks[name].out_channels, 1) for l in range(scales - 1)]
             )
-        self.heads = nn.ModuleDict({n: make_head(self.tasks[n], widths[-1]) for n in self.task_names})
+        # its own light heads on the last, full-resolution states (not the study's head plug-in)
+        self.heads = nn.ModuleDict({n: ConvHead(widths[-1], self.tasks[n].out_channels, mid_channels=p.head_channels)
+                                    for n in self.task_names})
 
     @property
     def num_scales(self) -> int:

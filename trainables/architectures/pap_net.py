@@ -18,7 +18,7 @@ For a backbone output z (shared, output stride s) and tasks T (auxiliary ones in
         M^_j = sum_i a~_ji M_i,   a~_ji = |a_ji| / sum_k |a_jk|       (a_j learned, init 1/|T|)
     and (task-specific propagation) K diffusion steps from X_0 = G_j:
         X_{k+1} = beta * M^_j X_k + (1 - beta) * X_0
-    Y_j = head_j(X_K)                    reconstruction network: the model's head plug-in
+    Y_j = head_j(X_K)                    reconstruction network: a light conv head (head_channels)
 
 An auxiliary task (``task.auxiliary``) gets F_t, P_t and M_t (it is a source of affinities) but
 no diffusion or final head: its output is P_t, resized, and it has no intermediate level (as
@@ -70,6 +70,10 @@ Hyper-parameters:
     beta (float in [0, 1], default 0.05): weight of the propagated features in each step.
     aux_weight (float >= 0, default 1.0): loss weight of the initial predictions of the scored
         tasks (the survey code weights PAD-Net's initial predictions like the final ones).
+    head_channels (int > 0, default 64): width of the reconstruction networks, PAP-Net's own
+        light heads (3x3 conv + BN + ReLU + 1x1 conv, the ``conv`` head) at the affinities'
+        stride. The study's head plug-in is not used (an ASPP head there costs 2 x 52.9 G and
+        +5.4 M); the study's single-task networks keep their heads, and Delta_m is against them.
 
 Parameter split: the backbone is shared; task t owns its ASPP block, initial classifier,
 affinity layer, its row of combination weights a_t and its head (the step treats everything after
@@ -85,6 +89,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from trainables.heads.conv import ConvHead
 from trainables.architectures.base import (
     BackboneFactory,
     HeadFactory,
@@ -116,9 +121,10 @@ class PAPNetParams:
     iterations: int = 23
     beta: float = 0.05
     aux_weight: float = 1.0
+    head_channels: int = 64
 
     def __post_init__(self) -> None:
-        for name in ("channels", "affinity_channels", "affinity_stride"):
+        for name in ("channels", "affinity_channels", "affinity_stride", "head_channels"):
             if not _positive_int(getattr(self, name)):
                 raise ValueError(f"pap_net: {name} must be a positive int, got {getattr(self, name)!r}")
         if len(self.rates) != 3 or not all(_positive_int(r) for r in self.rates):
@@ -174,7 +180,9 @@ class PAPNet(MultiTaskModel):
         self.mix = nn.ParameterDict({
             n: nn.Parameter(torch.full((len(self.task_names),), 1.0 / len(self.task_names))) for n in self.scored
         })
-        self.heads = nn.ModuleDict({n: make_head(self.tasks[n], p.channels) for n in self.scored})
+        # reconstruction networks: light conv heads at the affinities' stride (not the study's head plug-in)
+        self.heads = nn.ModuleDict({n: ConvHead(p.channels, self.tasks[n].out_channels, mid_channels=p.head_channels)
+                                    for n in self.scored})
 
     # -- the pieces, exposed for tests and analysis ------------------------------------------------
     def task_features(self, z: Tensor) -> Dict[str, Tensor]:
