@@ -6,6 +6,7 @@ from typing import Dict
 from search_spaces import balancing_survey, balancing_synthetic, ial_synthetic, jtr_nyuv2_onelabel
 from search_spaces import quickstart, survey_celeba, survey_nyud, survey_pascal, survey_synthetic
 from search_spaces import survey_cityscapes, survey_encoder_synthetic, survey_taskonomy
+from search_spaces import survey_decoder, survey_decoder_synthetic
 
 PRESETS: Dict[str, dict] = {
     "quickstart": quickstart.SPEC,
@@ -21,6 +22,13 @@ PRESETS: Dict[str, dict] = {
     "jtr_nyuv2_onelabel": jtr_nyuv2_onelabel.SPEC,
     "survey_pascal": survey_pascal.SPEC,
     "survey_celeba": survey_celeba.SPEC,
+    "survey_nyud_decoder": survey_decoder.TABLE_6,
+    "survey_nyud_decoder_synthetic": survey_decoder_synthetic.TABLE_6_TWIN,
+    "survey_nyud_hrnet": survey_decoder.TABLE_7,
+    "survey_nyud_hrnet_synthetic": survey_decoder_synthetic.TABLE_7_TWIN,
+    "survey_pascal_decoder": survey_decoder.TABLE_8,
+    "survey_pascal_hrnet": survey_decoder.TABLE_9,
+    "survey_nyud_encoder_decoder": survey_decoder.TABLE_10,
     "balancing_nyud": balancing_survey.NYUD_SPEC,
     "balancing_cityscapes": balancing_survey.CITYSCAPES_SPEC,
     "balancing_celeba": balancing_survey.CELEBA_SPEC,

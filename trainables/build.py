@@ -106,9 +106,10 @@ def build_model(tasks: Mapping[str, Task], model: Union[ModelRef, Mapping[str, A
         if not low_level:
             return head_cls(in_channels, task.out_channels, params=head_params)
         if low_channels is None:
-            raise ValueError(f"head {h!r} needs the backbone's stride-4 features, but backbone {b!r} under "
-                             f"architecture {a!r} offers none; use a backbone with a stage at output stride 4 "
-                             "(a ResNet) or a head without a skip connection (aspp, psp)")
+            raise ValueError(f"head {h!r} needs the backbone's stride-4 features, but architecture {a!r} on backbone "
+                             f"{b!r} does not feed them to its heads (the backbone has no stage at output stride 4, "
+                             "or the architecture has no such skip); use a ResNet backbone with an architecture that "
+                             "feeds the skip (mtl_baseline, cross_stitch, ...) or a head without one (aspp, psp)")
         return head_cls(in_channels, task.out_channels, params=head_params, low_channels=low_channels)
 
     return arch_cls(dict(tasks), make_backbone, make_head, params=arch_params)

@@ -61,6 +61,13 @@ def task_sets(architecture: str) -> list[dict]:
     return [{name: task} for name, task in tasks.items()]
 
 
+def model_ref(architecture: str) -> ModelRef:
+    """The architecture on the tiny backbone; one with four strides for multi-scale models (MTI-Net)."""
+    if architecture_info(architecture).needs_multi_scale:
+        return ModelRef(architecture, Plugin("tiny_cnn", {"output_stride": 16}))
+    return ModelRef(architecture)
+
+
 def param_ids(params) -> set[int]:
     return {id(p) for p in params}
 
@@ -231,7 +238,7 @@ def test_linear_head_is_image_level_and_conv_head_dense():
 def test_architecture_forward_shapes_and_encode_decode(architecture):
     for tasks in task_sets(architecture):
         torch.manual_seed(0)
-        model = build_model(tasks, ModelRef(architecture)).eval()
+        model = build_model(tasks, model_ref(architecture)).eval()
         assert isinstance(model, MultiTaskModel)
         assert model.task_names == list(tasks)
         x = torch.randn(2, 3, 40, 56)
@@ -252,7 +259,7 @@ def test_architecture_forward_shapes_and_encode_decode(architecture):
 @pytest.mark.parametrize("architecture", ARCHITECTURES.names())
 def test_architecture_parameter_partition(architecture):
     for tasks in task_sets(architecture):
-        model = build_model(tasks, ModelRef(architecture))
+        model = build_model(tasks, model_ref(architecture))
         shared = param_ids(model.shared_parameters())
         assert shared, "gradient-based balancers need shared parameters"
         groups = [shared] + [param_ids(model.task_specific_parameters(t)) for t in model.task_names]
@@ -269,9 +276,9 @@ def test_architecture_parameter_partition(architecture):
 def test_architecture_one_step_finite_grads_and_deterministic(architecture):
     for tasks in task_sets(architecture):
         torch.manual_seed(0)
-        model = build_model(tasks, ModelRef(architecture))
+        model = build_model(tasks, model_ref(architecture))
         torch.manual_seed(0)
-        twin = build_model(tasks, ModelRef(architecture))
+        twin = build_model(tasks, model_ref(architecture))
         for p, q in zip(model.parameters(), twin.parameters(), strict=True):
             assert torch.equal(p, q)
         out = model(torch.randn(2, 3, 32, 32))

@@ -140,14 +140,17 @@ def _build(kind: str, name: str, params: dict):
     if kind == "task":
         info = DatasetInfo(name="fixture", tasks={"t": ref}, input_size=(32, 32))
         return make_tasks(info, ["t"])
-    tasks = {"seg": _task("seg")}
-    if kind == "architecture":  # as many tasks as the architecture takes (JTRL: exactly two)
-        from trainables.registry import ARCHITECTURES
+    from trainables.registry import ARCHITECTURES
 
-        count = ARCHITECTURES.get(name).INFO.task_count
-        tasks = {f"seg{i}": _task(f"seg{i}") for i in range(count)} if count else tasks
+    tasks, model = {"seg": _task("seg")}, ModelRef(**{kind: ref})
+    if kind == "architecture":
+        info = ARCHITECTURES.get(name).INFO
+        if info.task_count:  # as many tasks as the architecture takes (JTRL: exactly two)
+            tasks = {f"seg{i}": _task(f"seg{i}") for i in range(info.task_count)}
+        if info.needs_multi_scale:  # a backbone with four strides (MTI-Net)
+            model = ModelRef(ref, Plugin("tiny_cnn", {"output_stride": 16}))
     with torch.device("meta"):
-        return build_model(tasks, ModelRef(**{kind: ref}))
+        return build_model(tasks, model)
 
 
 def _task(name):

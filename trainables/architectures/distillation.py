@@ -83,6 +83,11 @@ class Distillation(nn.Module):
         return out
 
 
+def is_auxiliary(task) -> bool:
+    """A task trained and supervised but not scored (``task.auxiliary``): initial predictions only."""
+    return bool(getattr(task, "auxiliary", False))
+
+
 def upsample_to(x: Tensor, like: Tensor) -> Tensor:
     """``x`` resized (bilinear, align_corners=False) to the spatial size of ``like``."""
     if x.shape[-2:] == like.shape[-2:]:
