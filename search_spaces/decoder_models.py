@@ -33,7 +33,26 @@ def reference(source: str, **rows) -> dict:
     return {"source": source, "rows": {k: {"params_m": p, "flops_g": f} for k, (p, f) in rows.items()}}
 
 
+# Laptop widths for the twins: at full width JTRL's decoder alone is ~7 G MACs per 64 x 64 image,
+# ~360 x the tiny backbone, and PAD-Net's 256-wide decoder ~0.3-1 G.
+LAPTOP_PARAMS = {"jtrl": {"widths": [64, 32, 16], "head_channels": 16},
+                 "pap_net": {"channels": 64, "affinity_channels": 32, "head_channels": 16, "iterations": 3},
+                 "pad_net": {"channels": 64}}
+
+
+def _laptop(exp: dict) -> dict:
+    arch = exp["architecture"]
+    name = arch if isinstance(arch, str) else arch["name"]
+    if name not in LAPTOP_PARAMS:
+        return exp
+    params = dict(arch.get("params", {})) if isinstance(arch, dict) else {}
+    return {**exp, "architecture": {"name": name, "params": {**LAPTOP_PARAMS[name], **params}}}
+
+
 def synthetic_twin(table: dict, doc: str, **changes) -> dict:
-    """``table``'s models on the synthetic scenes (semseg, depth) at the quickstart's size and grid slice."""
-    return {**QUICKSTART, "name": f"{table['name']}_synthetic", "description": doc.splitlines()[0],
+    """``table``'s models on the synthetic scenes (semseg, depth) at the quickstart's size and grid
+    slice, the decoders at laptop widths (``LAPTOP_PARAMS``)."""
+    twin = {**QUICKSTART, "name": f"{table['name']}_synthetic", "description": doc.splitlines()[0],
             "tasks": ["semseg", "depth"], "experiments": table["experiments"], **changes}
+    twin["experiments"] = [_laptop(e) for e in twin["experiments"]]
+    return twin

@@ -4,8 +4,10 @@ Table 6's twin trains the MTL baseline, JTRL, PAP-Net and PAD-Net on the tiny ba
 conv heads; Table 7's the MTL baseline, PAD-Net and MTI-Net on HRNet-18 with HRNet heads, plus
 MTI-Net with normals and edges as auxiliary tasks (the survey code's ``mti_net+edges_normals``:
 supervised at every scale, not scored). Both on 64 x 64 semseg + depth scenes with the
-quickstart's two grid settings and the single-task networks of their backbone and head; Table 7's
-on 480 training scenes instead of 1200.
+quickstart's two grid settings and the single-task networks of their backbone and head, the
+decoders at laptop sizes (``decoder_models.LAPTOP_PARAMS``: JTRL's states 64/32/16 wide at 1/8-1/2,
+PAD-Net's and PAP-Net's task features 64, 3 PAP-Net diffusion steps); Table 7's on 480 training
+scenes instead of 1200.
 """
 from search_spaces.decoder_models import WITH_EDGES_NORMALS, synthetic_twin
 from search_spaces.survey_decoder import TABLE_6, TABLE_7
