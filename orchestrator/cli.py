@@ -196,7 +196,7 @@ def _capabilities(cls) -> str:
     params = getattr(cls, "Params", None)
     text = f"params: {', '.join(field_names(params)) or '(none)'}" if params else "params: (none)"
     if params is not None and hasattr(cls, "info_for"):
-        word = "needs" if cls.plugin_kind == "balancer" else "offers"
+        word = "needs" if cls.plugin_kind in ("balancer", "regulariser") else "offers"
         text += f" | {word} (default params): {cls.info_for(cls.params_of({})).summary()}"
     return text
 

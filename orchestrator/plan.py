@@ -24,13 +24,14 @@ from trainables.build import (
     build_model,
     build_tasks,
     describe_dataset,
+    regulariser_info,
 )
 from trainables.complexity import count_flops, count_parameters
 from trainables.config import TrialConfig
 from trainables.datasets.base import DatasetInfo
 from trainables.datasets.partial import check_labels
 from trainables.plugins import ModelRef, Plugin, RunContext
-from trainables.registry import ARCHITECTURES, BACKBONES, BALANCERS, DATASETS, HEADS, Registry
+from trainables.registry import ARCHITECTURES, BACKBONES, BALANCERS, DATASETS, HEADS, REGULARISERS, Registry
 
 SINGLE_TASK = "single_task"
 T = TypeVar("T")
@@ -95,6 +96,8 @@ def validate(spec: StudySpec) -> DatasetInfo:
                 raise SpecError(f"{where}.auxiliary_tasks: a grouping search derives the tree from every task's "
                                 f"single-task network, and auxiliary tasks {list(exp.auxiliary(spec))} have none; "
                                 "set auxiliary_tasks: [] for this experiment")
+        for k, reg in enumerate(exp.regularisers):
+            _check_regulariser(f"{where}.regularisers[{k}]", reg, arch, exp)
         context = RunContext(primary_task=exp.primary_task or spec.primary_task)
         _checked(lambda: build_balancer(exp.balancer, trained, context), f"{where}.balancer.params")
         with torch.device("meta"):  # builds the model without allocating it
@@ -117,6 +120,16 @@ def _check_pair(where: str, exp: ExperimentSpec, arch, needs, n_tasks: int) -> N
     if n_tasks > 1 and not arch.supports_multiple_tasks:
         raise SpecError(f"{where}.architecture: {a!r} takes exactly one task, the study has {n_tasks}; "
                         "single-task networks are trained as the study's baselines")
+
+
+def _check_regulariser(where: str, reg, arch, exp: ExperimentSpec) -> None:
+    """A regulariser's name and params, and what it needs from the architecture."""
+    _known(REGULARISERS, reg.name, f"{where}.name")
+    needs = _checked(lambda: regulariser_info(reg), f"{where}.params")
+    if needs.needs_features and not arch.has_shared_representation:
+        raise SpecError(f"{where}: regulariser {reg.name!r} reads the shared features, but architecture "
+                        f"{exp.architecture.name!r} has no single shared representation; use one that has "
+                        "(mtl list architecture)")
 
 
 def _check_grouping(where: str, exp: ExperimentSpec, arch, needs) -> None:
@@ -197,7 +210,8 @@ def expand(spec: StudySpec, info: DatasetInfo, data_root: Optional[str]) -> Tupl
             exp.name, "multi_task",
             dataclasses.replace(common, experiment=exp.name, model=model, balancer=exp.balancer,
                                 primary_task=exp.primary_task or spec.primary_task,
-                                tasks=spec.tasks + exp.auxiliary(spec), auxiliary_tasks=exp.auxiliary(spec)),
+                                tasks=spec.tasks + exp.auxiliary(spec), auxiliary_tasks=exp.auxiliary(spec),
+                                regularisers=exp.regularisers),
             settings, seeds, exp.weight_search, tuple(names), exp.grouping))
     return list(baselines.values()), experiments
 

@@ -82,6 +82,8 @@ class ExperimentSpec:
 
     ``primary_task`` overrides the study's (e.g. an IAL study with each task as the primary one);
     ``auxiliary_tasks`` the study's (e.g. PAD-Net with normals and edges, the MTL baseline without).
+    ``regularisers`` (``mtl list regulariser``) add cross-task losses outside the balancer
+    (consistency, JTR, ...), e.g. ``[{name: consistency, params: {weight: 1.0}}]``.
     ``grouping`` names a task-grouping search (``mtl list grouping``) that the study runs on the
     cached single-task networks to derive the architecture's tree before the experiment trains.
     """
@@ -95,6 +97,7 @@ class ExperimentSpec:
     primary_task: Optional[str] = None
     grouping: Optional[Plugin] = None
     auxiliary_tasks: Optional[Tuple[str, ...]] = None
+    regularisers: Tuple[Plugin, ...] = ()
 
     def auxiliary(self, study: "StudySpec") -> Tuple[str, ...]:
         """The auxiliary tasks this experiment trains: its own, or else the study's."""

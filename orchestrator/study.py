@@ -21,7 +21,14 @@ from orchestrator.ray_env import cluster_resources, start_ray
 from orchestrator.spec import SpecError, StudySpec
 from orchestrator.tuning import check_fits, run_experiment, slots
 from trainables.atomic import write_json
-from trainables.build import architecture_info, build_dataset, build_tasks, prepare_model, primary_directions
+from trainables.build import (
+    architecture_info,
+    build_dataset,
+    build_tasks,
+    prepare_model,
+    primary_directions,
+    regulariser_info,
+)
 from trainables.config import TrialConfig
 from trainables.delta import delta_m
 from trainables.registry import DATASETS
@@ -174,8 +181,13 @@ def run_study(spec: StudySpec, storage: str = DEFAULT_STORAGE, smoke_run: bool =
             # auxiliary tasks have no single-task network: their part of the model starts fresh
             init = {task: best[task]["checkpoint"] for task in exp.base.scored_tasks}
             log(f"  {exp.name} starts from the single-task networks: {init}")
+        teachers = {}
+        if any(regulariser_info(r).needs_teachers for r in exp.base.regularisers):  # MuST: frozen teachers
+            teachers = {task: best[task]["checkpoint"] for task in exp.base.scored_tasks}
+            log(f"  {exp.name} learns from the single-task networks as teachers: {teachers}")
         exp = dataclasses.replace(exp, base=dataclasses.replace(exp.base, baseline_val=baseline_val,
-                                                                baseline_test=baseline_test, init_checkpoints=init))
+                                                                baseline_test=baseline_test, init_checkpoints=init,
+                                                                teacher_checkpoints=teachers))
         outcomes = run_experiment(exp, spec.search, spec.resources, os.path.join(p.study_dir, "tune"),
                                   cluster.resources, verbose)
         exp_rows = [_row(o, exp, common, complexity_cache, directions, baseline_val, baseline_test)

@@ -18,8 +18,8 @@ import trainables  # noqa: F401  (registers every built-in plug-in)
 from trainables.architectures.base import MultiTaskModel
 from trainables.balancers.base import Balancer
 from trainables.datasets.base import DatasetInfo, make_tasks
-from trainables.plugins import ArchitectureInfo, BalancerInfo, ModelRef, Plugin, RunContext
-from trainables.registry import ARCHITECTURES, BACKBONES, BALANCERS, DATASETS, HEADS, Registry
+from trainables.plugins import ArchitectureInfo, BalancerInfo, ModelRef, Plugin, RegulariserInfo, RunContext
+from trainables.registry import ARCHITECTURES, BACKBONES, BALANCERS, DATASETS, HEADS, REGULARISERS, Registry
 from trainables.tasks.base import Task
 
 IMAGE_HEAD = Plugin("linear")  # the head of every image-level task (task.kind == "image")
@@ -146,3 +146,19 @@ def balancer_info(ref: Ref) -> BalancerInfo:
     """The needs of balancer ``ref``, from its class and params (nothing is built)."""
     ref = Plugin.of(ref, "balancer")
     return BALANCERS.get(ref.name).info_for(params_for(BALANCERS, ref))
+
+
+# -- regularisers -----------------------------------------------------------------------------------
+def build_regularisers(refs: Sequence[Ref], tasks: Mapping[str, Task], context: RunContext = RunContext()) -> nn.ModuleList:
+    """Regularisers ``refs`` over ``tasks`` (the model's tasks, auxiliary ones included)."""
+    built = nn.ModuleList()
+    for i, ref in enumerate(refs):
+        ref = Plugin.of(ref, f"regularisers[{i}]")
+        built.append(REGULARISERS.get(ref.name)(dict(tasks), params=params_for(REGULARISERS, ref), context=context))
+    return built
+
+
+def regulariser_info(ref: Ref) -> RegulariserInfo:
+    """The needs of regulariser ``ref``, from its class and params (nothing is built)."""
+    ref = Plugin.of(ref, "regulariser")
+    return REGULARISERS.get(ref.name).info_for(params_for(REGULARISERS, ref))

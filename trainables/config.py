@@ -46,6 +46,9 @@ class TrialConfig:
             of a FAFS widening); the architecture's ``load_parent`` maps its weights.
         auxiliary_tasks: those of ``tasks`` that are trained and supervised but not scored:
             left out of Delta_m and of the score Tune optimises; their metrics are still logged.
+        regularisers: cross-task losses added outside the balancer (``trainables/regularisers``).
+        teacher_checkpoints: task -> the checkpoint of a trained single-task network that
+            regularisers with ``needs_teachers`` (MuST) use as a frozen teacher; the study fills it.
     """
 
     experiment: str
@@ -73,6 +76,8 @@ class TrialConfig:
     init_checkpoints: Mapping[str, str] = field(default_factory=dict)
     init_from: Optional[str] = None
     auxiliary_tasks: Tuple[str, ...] = ()
+    regularisers: Tuple[Plugin, ...] = ()
+    teacher_checkpoints: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
         for name in ("dataset", "balancer"):  # a name or a {name, params} mapping is a Plugin
@@ -81,6 +86,8 @@ class TrialConfig:
         object.__setattr__(self, "tasks", tuple(self.tasks))
         object.__setattr__(self, "step_milestones", tuple(self.step_milestones))
         object.__setattr__(self, "auxiliary_tasks", tuple(self.auxiliary_tasks))
+        object.__setattr__(self, "regularisers", tuple(Plugin.of(r, f"regularisers[{i}]")
+                                                       for i, r in enumerate(self.regularisers)))
         if not self.tasks:
             raise ConfigError("tasks: at least one task is required")
         if len(set(self.tasks)) != len(self.tasks):

@@ -130,6 +130,32 @@ GRAD_SCOPES = ("shared", "last_shared")
 
 
 @dataclass(frozen=True)
+class RegulariserInfo:
+    """What a regulariser needs from the step and the data (``trainables/regularisers/base.py``).
+
+    Attributes:
+        views: images per training sample the step runs the model on: 1 is the (augmented)
+            training image itself; V > 1 adds V - 1 photometric re-augmentations of it (same
+            geometry, so they share its labels), made by the ``Views`` dataset wrapper and run
+            through the model in the same forward pass (consistency regularisation: 2).
+        needs_features: the model's shared representation z of view 0 (MTPSL's feature
+            regulariser); the plan refuses it on an architecture without one.
+        needs_teachers: the study's cached single-task networks of each task, trained on the
+            same labels, as frozen teachers (MuST's pseudo-labels).
+    """
+
+    views: int = 1
+    needs_features: bool = False
+    needs_teachers: bool = False
+
+    def summary(self) -> str:
+        parts = [f"{self.views} views" if self.views > 1 else "one view"]
+        parts += [text for flag, text in ((self.needs_features, "needs the shared features"),
+                                          (self.needs_teachers, "needs single-task teachers")) if flag]
+        return "; ".join(parts)
+
+
+@dataclass(frozen=True)
 class BalancerInfo:
     """What a balancer needs from the step (``trainables/steps.py`` branches on these only).
 
@@ -232,5 +258,5 @@ class ArchitectureInfo:
         return "; ".join(parts)
 
 
-__all__ = ["ArchitectureInfo", "BalancerInfo", "ConfigError", "Configurable", "ModelRef", "NoParams", "Plugin",
+__all__ = ["ArchitectureInfo", "BalancerInfo", "RegulariserInfo", "ConfigError", "Configurable", "ModelRef", "NoParams", "Plugin",
            "RunContext", "make_params"]

@@ -77,6 +77,7 @@ BACKBONES = Registry("backbone")
 HEADS = Registry("head")
 ARCHITECTURES = Registry("architecture")
 BALANCERS = Registry("balancer")
+REGULARISERS = Registry("regulariser")
 
 register_dataset = DATASETS.register
 register_task = TASKS.register
@@ -84,7 +85,8 @@ register_backbone = BACKBONES.register
 register_head = HEADS.register
 register_architecture = ARCHITECTURES.register
 register_balancer = BALANCERS.register
+register_regulariser = REGULARISERS.register
 
 REGISTRIES: Dict[str, Registry] = {
-    r.kind: r for r in (DATASETS, TASKS, BACKBONES, HEADS, ARCHITECTURES, BALANCERS)
+    r.kind: r for r in (DATASETS, TASKS, BACKBONES, HEADS, ARCHITECTURES, BALANCERS, REGULARISERS)
 }

@@ -20,7 +20,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from trainables.build import build_balancer, build_dataset, build_model, build_tasks, primary_directions
+from trainables.build import (
+    build_balancer,
+    build_dataset,
+    build_model,
+    build_regularisers,
+    build_tasks,
+    primary_directions,
+)
 from trainables.config import TrialConfig
 from trainables.delta import delta_m
 from trainables.optim import make_optimizer, make_scheduler
@@ -33,6 +40,21 @@ def load_state(checkpoint: str) -> Dict[str, Any]:
     """A training state saved by ``Session.report``: from its folder or the state.pt itself."""
     path = os.path.join(checkpoint, STATE_FILE) if os.path.isdir(checkpoint) else checkpoint
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_teachers(cfg: TrialConfig, tasks: Mapping[str, Task]) -> Dict[str, nn.Module]:
+    """The frozen single-task networks of ``cfg.teacher_checkpoints`` (MuST's teachers), in eval mode."""
+    missing = [t for t in tasks if t not in cfg.teacher_checkpoints]
+    if missing:
+        raise ValueError(f"teacher_checkpoints: no single-task network for task(s) {missing}; the study passes "
+                         "one per task with a baseline (auxiliary tasks have none)")
+    teachers = {}
+    for task, checkpoint in cfg.teacher_checkpoints.items():
+        state = load_state(checkpoint)
+        net = build_model({task: tasks[task]}, TrialConfig.from_dict(state["config"]).model)
+        net.load_state_dict(state["model"])
+        teachers[task] = net.eval().requires_grad_(False)
+    return teachers
 
 
 def seed_everything(seed: int) -> None:
@@ -101,6 +123,17 @@ def fit(cfg: TrialConfig, session: Session) -> Dict[str, Any]:
         from trainables.datasets.partial import LabelMasked
 
         train_set = LabelMasked.from_file(train_set, cfg.label_file, cfg.tasks)
+    regularisers = build_regularisers(cfg.regularisers, tasks, cfg.context)
+    views = max((r.info.views for r in regularisers), default=1)
+    if views > 1:  # photometric re-augmentations of every training image, sharing its labels
+        from trainables.datasets.views import Views
+
+        train_set = Views(train_set, views)
+    if any(r.info.needs_teachers for r in regularisers):
+        teachers = {t: m.to(session.device) for t, m in load_teachers(cfg, tasks).items()}
+        for reg in regularisers:
+            if reg.info.needs_teachers:
+                reg.set_teachers(teachers)
     val_set = build_dataset(cfg.dataset, cfg.data_root, "val", cfg.tasks)
 
     model = build_model(tasks, cfg.model)
@@ -111,6 +144,10 @@ def fit(cfg: TrialConfig, session: Session) -> Dict[str, Any]:
         model.load_parent(parent["model"], TrialConfig.from_dict(parent["config"]).model)
     model = model.to(session.device)
     balancer = build_balancer(cfg.balancer, cfg.tasks, cfg.context).to(session.device)
+    regularisers = regularisers.to(session.device)
+    # the components table: what trains besides the model (optimiser groups with their rate
+    # multipliers, checkpoint keys; the step averages their gradients over workers)
+    components = {"balancer": balancer, "regularisers": regularisers}
     per_worker_batch = max(1, cfg.batch_size // session.world_size)
     generator = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(train_set, batch_size=per_worker_batch, shuffle=True, drop_last=True, generator=generator)
@@ -122,6 +159,7 @@ def fit(cfg: TrialConfig, session: Session) -> Dict[str, Any]:
     # LambdaLR scales every group's own initial rate, so the ratios hold for the whole run
     groups = [{"params": g["params"], "lr": cfg.lr * g["lr_mult"]} for g in model.param_groups()]
     groups.append({"params": list(balancer.parameters()), "lr": cfg.lr})
+    groups += [{"params": g["params"], "lr": cfg.lr * g["lr_mult"]} for r in regularisers for g in r.param_groups()]
     optimizer = make_optimizer(cfg, [g for g in groups if g["params"]])
     scheduler = make_scheduler(cfg, optimizer, steps)
 
@@ -129,7 +167,8 @@ def fit(cfg: TrialConfig, session: Session) -> Dict[str, Any]:
     state = session.restore()
     if state is not None:  # a retried trial resumes from its own last checkpoint
         model.load_state_dict(state["model"])
-        balancer.load_state_dict(state["balancer"])
+        for key, component in components.items():
+            component.load_state_dict(state[key])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, last = state["epoch"] + 1, state.get("metrics", {})
@@ -147,16 +186,20 @@ def fit(cfg: TrialConfig, session: Session) -> Dict[str, Any]:
         # per task: the sum of its batch losses and the number of batches that labelled it, so
         # the epoch mean (DWA's L(t), the train/<task>/loss report) skips unlabelled batches
         sums = torch.zeros(2, len(cfg.tasks), dtype=torch.float64, device=session.device)
+        reg_sums: Dict[str, float] = {}
         for step, batch in enumerate(loader):
             if step >= steps:
                 break
             batch = to_device(batch, session.device)
-            losses = training_step(model, balancer, tasks, batch, optimizer, session)
+            losses = training_step(model, balancer, tasks, batch, optimizer, session, regularisers)
             scheduler.step()
             for i, name in enumerate(cfg.tasks):
                 if name in losses:
                     sums[0, i] += losses[name]
                     sums[1, i] += 1
+            for key, value in losses.items():
+                if key.startswith("reg/"):
+                    reg_sums[key] = reg_sums.get(key, 0.0) + value
         session.all_reduce_(sums)
         train_losses = {name: float(sums[0, i] / sums[1, i]) for i, name in enumerate(cfg.tasks) if sums[1, i] > 0}
         if balancer.info.needs_epoch_losses:
@@ -167,6 +210,7 @@ def fit(cfg: TrialConfig, session: Session) -> Dict[str, Any]:
         report: Dict[str, Any] = {"epoch": epoch, "lr": scheduler.get_last_lr()[0],
                                   "epoch_time_s": time.perf_counter() - t0}
         report.update({f"train/{n}/loss": v for n, v in train_losses.items()})
+        report.update({f"train/{k}": v / steps for k, v in reg_sums.items()})  # this worker's epoch mean
         report.update({f"weight/{n}": w for n, w in balancer.current_weights().items()})
         report.update({f"val/{k}": v for k, v in val.items()})
         report.update({f"val_{k}": v for k, v in score(cfg, val, cfg.baseline_val, directions).items()})
@@ -178,7 +222,7 @@ def fit(cfg: TrialConfig, session: Session) -> Dict[str, Any]:
                 report["test_delta_m"] = delta_m(test, cfg.baseline_test, directions)
         report["finished"] = epoch == cfg.epochs - 1
         bare = model.module if hasattr(model, "module") else model
-        state = {"model": bare.state_dict(), "balancer": balancer.state_dict(),
+        state = {"model": bare.state_dict(), **{k: c.state_dict() for k, c in components.items()},
                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                  "epoch": epoch, "metrics": report, "config": cfg.to_dict()}
         session.report(report, state=state)

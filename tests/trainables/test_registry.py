@@ -78,7 +78,7 @@ def test_mtl_list_unknown_kind_fails(capsys):
 # the arguments a plug-in's constructor takes besides its parameters, per kind
 STRUCTURAL = {"balancer": {"task_names", "context"}, "architecture": {"tasks", "make_backbone", "make_head"},
               "backbone": set(), "head": {"in_channels", "out_channels", "low_channels"}, "task": {"name"},
-              "dataset": {"root", "split", "tasks", "augment"}, "grouping": set()}
+              "dataset": {"root", "split", "tasks", "augment"}, "grouping": set(), "regulariser": {"tasks", "context"}}
 PLUGINS = [(kind, name) for kind, registry in KINDS.items() for name in registry.names()]
 
 
@@ -135,6 +135,10 @@ def _build(kind: str, name: str, params: dict):
         return GROUPINGS.get(name)(params=ref.params)
     if kind == "balancer":
         return build_balancer(ref, ["a", "b"], RunContext(primary_task="a"))
+    if kind == "regulariser":
+        from trainables.build import build_regularisers
+
+        return build_regularisers([ref], {"a": _task("a"), "b": _task("b")}, RunContext(primary_task="a"))
     if kind == "dataset":
         return describe_dataset(ref)
     if kind == "task":

@@ -74,6 +74,10 @@ class Attribute(Task):
             raise ValueError(f"{self.name}: target must be [B] or [B, 1] with B = {b}, got {tuple(target.shape)}")
         return target.reshape(b, 1).to(pred.dtype)
 
+    def pseudo_label(self, pred: Tensor) -> Tensor:
+        """1 where the attribute's probability exceeds 0.5 (a hard label)."""
+        return (pred.detach() > 0).to(pred.dtype)
+
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         y = self._target(pred, target)
         w = self.params.pos_weight

@@ -87,6 +87,15 @@ class Task(Configurable, abc.ABC):
         return pred
 
     # ------------------------------------------------------- one sample's target (no batch dim)
+    def pseudo_label(self, pred: Tensor) -> Tensor:
+        """A target made from this task's own (detached) prediction, for the task's ``loss``:
+        the prediction itself for regression tasks (the default), the hard label for
+        classification tasks (argmax, or logit > 0 for binary maps) - MuST's rule (Ghiasi et al.,
+        ICCV 2021, Sec. 3.2: hard pseudo-labels for classification and segmentation, the
+        teacher's raw output for depth and surface normals). Consistency regularisation compares
+        two views through it too."""
+        return pred.detach()
+
     def ignored(self, target: Tensor) -> Tensor:
         """Bool mask, the shape of ``target``, of the elements that carry no label.
         Default: none (an image-level label is whole or absent, see the sample mask)."""

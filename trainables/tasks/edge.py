@@ -96,6 +96,10 @@ class Edge(MaskedDense):
     def valid_mask(self, target: Tensor) -> Tensor:
         return (target != self.params.ignore_index) & torch.isfinite(target)
 
+    def pseudo_label(self, pred: Tensor) -> Tensor:
+        """1 where the edge probability exceeds 0.5 (a hard label)."""
+        return (pred.detach() > 0).to(pred.dtype)
+
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         valid, y = self._valid(pred, target)
         y = y.to(pred.dtype)

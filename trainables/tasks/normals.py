@@ -110,6 +110,10 @@ class Normals(MaskedDense):
         n = F.normalize(warp(target, "bilinear"), dim=0)
         return torch.where(valid, n, torch.zeros_like(n))
 
+    def pseudo_label(self, pred: Tensor) -> Tensor:
+        """The predicted direction as a unit vector (the teacher's raw output, normalised)."""
+        return F.normalize(pred.detach(), dim=1, eps=self.params.eps)
+
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         valid, gt = self._valid(pred, target)
         gt = gt.to(pred.dtype)

@@ -110,6 +110,10 @@ class Saliency(MaskedDense):
     def out_channels(self) -> int:
         return 1
 
+    def pseudo_label(self, pred: Tensor) -> Tensor:
+        """1 where the saliency probability exceeds 0.5 (a hard label)."""
+        return (pred.detach() > 0).to(pred.dtype)
+
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         valid, y = self._valid(pred, target)
         y = (y >= 0.5).to(pred.dtype)

@@ -80,6 +80,10 @@ class Scene(Task):
                 f"{self.name}: target must be [B] = [{pred.shape[0]}], got {tuple(target.shape)}"
             )
 
+    def pseudo_label(self, pred: Tensor) -> Tensor:
+        """The most likely class (a hard label)."""
+        return pred.detach().argmax(1)
+
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         self._check(pred, target)
         return F.cross_entropy(pred, target.long(), label_smoothing=self.params.label_smoothing)

@@ -105,6 +105,10 @@ class SemSeg(Task):
                 f"got {tuple(target.shape)}"
             )
 
+    def pseudo_label(self, pred: Tensor) -> Tensor:
+        """The most likely class per pixel (a hard label)."""
+        return pred.detach().argmax(1)
+
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         self._check(pred, target)
         target = target.long()
