@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Optional, Tuple, TypeVar
 
 import torch
 
-from orchestrator.spec import ExperimentSpec, LossWeightSearch, SpecError, StudySpec
+from orchestrator.spec import SUPERVISED_MTL, ExperimentSpec, LossWeightSearch, SpecError, StudySpec
 from search_spaces.survey_grid import select, survey_grid
 from trainables.build import (
     architecture_info,
@@ -48,7 +48,7 @@ class Experiment:
     """
 
     name: str
-    role: str                       # "single_task" | "multi_task"
+    role: str                       # "single_task" | "supervised_mtl" | "multi_task"
     base: TrialConfig
     settings: Tuple[dict, ...]      # grid settings ({"batch_size", "scheduler", "optimizer", "lr"})
     seeds: Tuple[int, ...]
@@ -195,8 +195,11 @@ def expand(spec: StudySpec, info: DatasetInfo, data_root: Optional[str]) -> Tupl
     models = [e.model(spec) for e in spec.experiments]
     encoders = {json.dumps([m.backbone.to_dict(), m.head.to_dict()], sort_keys=True) for m in models}
     baselines: Dict[str, Experiment] = {}
-    experiments = []
-    for exp, model in zip(spec.experiments, models):
+    if spec.delta_baseline == SUPERVISED_MTL:  # the study's pair is always needed (the supervised MTL baseline's)
+        encoders.add(json.dumps([spec.backbone.to_dict(), spec.head.to_dict()], sort_keys=True))
+
+    def singles(model: ModelRef) -> Tuple[str, ...]:
+        """The single-task baselines of ``model``'s backbone and head (created on first use)."""
         names = []
         for task in spec.tasks:
             suffix = f"[{model.backbone.name}+{model.head.name}]" if len(encoders) > 1 else ""
@@ -206,13 +209,23 @@ def expand(spec: StudySpec, info: DatasetInfo, data_root: Optional[str]) -> Tupl
                 name, SINGLE_TASK, dataclasses.replace(common, experiment=name, tasks=(task,), model=single),
                 settings, seeds))
             names.append(name)
+        return tuple(names)
+
+    experiments = []
+    for exp, model in zip(spec.experiments, models):
         experiments.append(Experiment(
             exp.name, "multi_task",
             dataclasses.replace(common, experiment=exp.name, model=model, balancer=exp.balancer,
                                 primary_task=exp.primary_task or spec.primary_task,
                                 tasks=spec.tasks + exp.auxiliary(spec), auxiliary_tasks=exp.auxiliary(spec),
                                 regularisers=exp.regularisers),
-            settings, seeds, exp.weight_search, tuple(names), exp.grouping))
+            settings, seeds, exp.weight_search, singles(model), exp.grouping))
+    if spec.delta_baseline == SUPERVISED_MTL:  # JTR's Delta: the MTL baseline, fixed weights, same labels
+        model = ModelRef(Plugin("mtl_baseline"), spec.backbone, spec.head)
+        names = singles(model)
+        baselines[SUPERVISED_MTL] = Experiment(
+            SUPERVISED_MTL, SUPERVISED_MTL, dataclasses.replace(common, experiment=SUPERVISED_MTL, model=model),
+            settings, seeds, baselines=names)
     return list(baselines.values()), experiments
 
 

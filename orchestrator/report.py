@@ -36,6 +36,11 @@ def _scored(row: Dict[str, Any]) -> List[str]:
     return [t for t in row["tasks"] if t not in aux]
 
 
+def _against_supervised(rows: Sequence[Dict[str, Any]]) -> bool:
+    """Whether the multi-task rows' Delta_m is against the supervised MTL baseline (JTR's Delta)."""
+    return any(r["role"] == "multi_task" and r.get("delta_baseline", "").startswith("supervised MTL") for r in rows)
+
+
 def _cell(values: Sequence[float], digits: int = 2, signed: bool = False) -> str:
     values = [v for v in values if v is not None and v == v]
     if not values:
@@ -61,7 +66,13 @@ def table_rows(rows: Sequence[Dict[str, Any]], primary_task: Optional[str] = Non
         per_task = {r["tasks"][0]: r for r in single}
         line.append(f"{sum(r['params'] for r in per_task.values()) / 1e6:.2f}")
         line.append(f"{sum(r['flops_g'] for r in per_task.values()):.2f}")
-        line.append(_cell([0.0], signed=True))
+        line.append(_cell([0.0], signed=True) if not _against_supervised(rows) else "-")
+        body.append(line)
+    supervised = [r for r in chosen if r["role"] == "supervised_mtl"]
+    if supervised:  # JTR's Delta baseline: Delta_m 0 when it is the reference, else against the single-task nets
+        line = ["Supervised MTL"] + [_cell([r["test_metrics"].get(f"{t}/{m}") for r in supervised]) for t, m, _ in columns]
+        line += [f"{supervised[0]['params'] / 1e6:.2f}", f"{supervised[0]['flops_g']:.2f}",
+                 _cell([0.0], signed=True) if _against_supervised(rows) else _cell([r["test_delta_m"] for r in supervised], signed=True)]
         body.append(line)
     experiments = list(dict.fromkeys(r["experiment"] for r in rows if r["role"] == "multi_task"))
     for name in experiments:
@@ -125,7 +136,8 @@ def render(rows: Sequence[Dict[str, Any]], fmt: str = "markdown", primary_task: 
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
     fmt_line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     lines = [fmt_line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [fmt_line(b) for b in body]
-    note = "Δm: survey Eq. 10 on the test split against the single-task networks; best setting per model chosen on val."
+    against = "supervised MTL on the same labels" if _against_supervised(rows) else "the single-task networks"
+    note = f"Δm: survey Eq. 10 on the test split against {against}; best setting per model chosen on val."
     return "\n".join(lines + [note] + auxiliary_notes(rows))
 
 

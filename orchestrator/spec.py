@@ -208,13 +208,20 @@ class ReferenceTable:
     rows: Mapping[str, ReferenceRow] = field(default_factory=dict)
 
 
+DELTA_BASELINES = ("single_task", "supervised_mtl")
+SUPERVISED_MTL = "supervised_mtl"  # the experiment name (and role) of that baseline
+
+
 @dataclass(frozen=True)
 class StudySpec:
     """A study: tasks (scored in Delta_m, each with single-task baselines), optional
     ``auxiliary_tasks`` (trained and supervised alongside by every multi-task experiment unless
     it overrides them, logged, but not scored and given no baseline: PAD-Net's normals and edges
     on NYUD-v2), the experiments, the dataset, the default backbone and head, the grid, training
-    and resources."""
+    and resources. ``delta_baseline`` says what Delta_m is measured against: the single-task
+    networks ("single_task", the survey's and, trained on the study's labels, MTPSL's) or the
+    MTL baseline with fixed weights trained on the same (partial) labels ("supervised_mtl",
+    JTR's), trained and cached once per label setting like the single-task networks."""
 
     name: str
     tasks: Tuple[str, ...]
@@ -227,6 +234,7 @@ class StudySpec:
     resources: ResourcesSpec = ResourcesSpec()
     primary_task: Optional[str] = None
     auxiliary_tasks: Tuple[str, ...] = ()
+    delta_baseline: str = "single_task"
     description: str = ""
     reference: Optional[ReferenceTable] = None
 
@@ -246,6 +254,8 @@ class StudySpec:
         if self.primary_task is not None and self.primary_task not in self.tasks:
             raise SpecError(f"primary_task: {self.primary_task!r} is not one of tasks {list(self.tasks)}")
         _check_auxiliary("auxiliary_tasks", self.auxiliary_tasks, self.tasks)
+        if self.delta_baseline not in DELTA_BASELINES:
+            raise SpecError(f"delta_baseline: {self.delta_baseline!r} is not one of {', '.join(DELTA_BASELINES)}")
         for i, exp in enumerate(self.experiments):
             if exp.auxiliary_tasks is not None:
                 _check_auxiliary(f"experiments[{i}].auxiliary_tasks", exp.auxiliary_tasks, self.tasks)

@@ -18,7 +18,7 @@ from orchestrator import baselines as bl
 from orchestrator import report, results
 from orchestrator.plan import Experiment, complexity, expand, smoke, validate
 from orchestrator.ray_env import cluster_resources, start_ray
-from orchestrator.spec import SpecError, StudySpec
+from orchestrator.spec import SUPERVISED_MTL, SpecError, StudySpec
 from orchestrator.tuning import check_fits, run_experiment, slots
 from trainables.atomic import write_json
 from trainables.build import (
@@ -153,11 +153,16 @@ def run_study(spec: StudySpec, storage: str = DEFAULT_STORAGE, smoke_run: bool =
 
     cluster = Cluster(p)
     by_experiment = baselines(p, cluster)
-    common = dict(study=spec.name, run_id=run_id, delta_baseline="single-task networks, best grid setting on val")
+    common = dict(study=spec.name, run_id=run_id, delta_baseline=DELTA_TEXT[spec.delta_baseline])
 
     rows: List[Dict[str, Any]] = []
     complexity_cache: Dict[str, tuple] = {}
+    supervised = None  # JTR's Delta baseline: (val, test) metrics of the selected supervised MTL setting
     for exp in p.single:
+        if exp.role == SUPERVISED_MTL:
+            supervised, exp_rows = _supervised_mtl(p, by_experiment, exp, common, complexity_cache)
+            rows += _write(exp_rows, run_dir, exp.name)
+            continue
         task = exp.base.tasks[0]
         mine = by_experiment.get(exp.name, [])
         chosen = bl.best_baselines(mine, {k: v for k, v in directions.items() if k.split("/")[0] == task})
@@ -176,6 +181,8 @@ def run_study(spec: StudySpec, storage: str = DEFAULT_STORAGE, smoke_run: bool =
         log(f"experiment {exp.name}: {len(exp.settings) * len(exp.seeds)} trial(s) through Ray Tune")
         baseline_val = {k: best[k.split("/")[0]]["val"][k] for k in directions}
         baseline_test = {k: best[k.split("/")[0]]["test"][k] for k in directions}
+        if supervised is not None:
+            baseline_val, baseline_test = supervised
         init = {}
         if architecture_info(exp.base.model.architecture).init_from_single_task:
             # auxiliary tasks have no single-task network: their part of the model starts fresh
@@ -231,6 +238,29 @@ def _row(outcome: dict, exp: Experiment, common: dict, cache: dict, directions: 
         params=params, flops_g=gmacs, wall_time_s=outcome.get("wall_time_s"),
         epochs_done=int(metrics.get("epoch", -1)) + 1, status=outcome["status"], error=outcome.get("error", ""),
         cached=bool(outcome.get("cached", False)), checkpoint_path=outcome.get("checkpoint_path", ""))
+
+
+DELTA_TEXT = {"single_task": "single-task networks, best grid setting on val",
+              SUPERVISED_MTL: "supervised MTL (mtl_baseline, fixed weights) on the same labels, best grid setting on val"}
+
+
+def _supervised_mtl(p: Prepared, by_experiment: Dict[str, List[dict]], exp: Experiment, common: dict,
+                    cache: dict) -> Tuple[Tuple[Dict[str, float], Dict[str, float]], List[Dict[str, Any]]]:
+    """The supervised MTL baseline's rows (Delta_m against the single-task networks, selected on
+    val like every model) and the (val, test) metrics of its selected setting, mean over seeds."""
+    best = best_baselines(p, by_experiment, exp)
+    single_val = {k: best[k.split("/")[0]]["val"][k] for k in p.directions}
+    single_test = {k: best[k.split("/")[0]]["test"][k] for k in p.directions}
+    exp_rows = [_row(r, exp, {**common, "delta_baseline": DELTA_TEXT["single_task"]}, cache, p.directions,
+                     single_val, single_test) for r in by_experiment.get(exp.name, [])]
+    _select(exp_rows)
+    chosen = [r for r in exp_rows if r.get("selected")]
+    if not chosen:
+        raise RuntimeError("the supervised MTL baseline did not finish; see the errors above")
+    metrics = tuple({k: sum(r[f"{split}_metrics"][k] for r in chosen) / len(chosen) for k in p.directions}
+                    for split in ("val", "test"))
+    p.log(f"Delta baseline: supervised MTL, {len(chosen)} seed(s) of its best setting on val")
+    return metrics, exp_rows
 
 
 def _select(rows: List[Dict[str, Any]]) -> None:
