@@ -1,6 +1,6 @@
 """Consistency regularisation: an unlabelled task's prediction on one view should match another's.
 
-Nishi, Kim, Ahn, Lin & Chan (JTR), "Joint-Task Regularization for Partially Labeled Multi-Task
+Nishi, Kim, Li & Pfister (JTR), "Joint-Task Regularization for Partially Labeled Multi-Task
 Learning", CVPR 2024, Eq. 2 (after Sajjadi et al. 2016, Laine & Aila 2017, Sohn et al. 2020):
 
     L = (1 / |D|) sum_x [ sum_{t in T_x} L^t(y^t(x), y^t) / |T_x|
