@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Dict
 
-from search_spaces import balancing_survey, balancing_synthetic, ial_synthetic, jtr_nyuv2_onelabel
+from search_spaces import balancing_survey, balancing_synthetic, ial_synthetic, jtr
 from search_spaces import quickstart, survey_celeba, survey_nyud, survey_pascal, survey_synthetic
 from search_spaces import survey_cityscapes, survey_encoder_synthetic, survey_taskonomy
 from search_spaces import survey_decoder, survey_decoder_synthetic
@@ -19,7 +19,8 @@ PRESETS: Dict[str, dict] = {
     "survey_cityscapes_synthetic": survey_encoder_synthetic.CITYSCAPES_TWIN,
     "survey_taskonomy": survey_taskonomy.SPEC,
     "survey_taskonomy_synthetic": survey_encoder_synthetic.TASKONOMY_TWIN,
-    "jtr_nyuv2_onelabel": jtr_nyuv2_onelabel.SPEC,
+    **jtr.PRESETS,
+    "jtr_synthetic": jtr.SYNTHETIC,
     "survey_pascal": survey_pascal.SPEC,
     "survey_celeba": survey_celeba.SPEC,
     "survey_nyud_decoder": survey_decoder.TABLE_6,

@@ -5,4 +5,4 @@ Contract: ``HEADS.get(name)(in_channels: int, out_channels: int, **params)`` ret
 (the architecture upsamples to the input size); image-level heads (``linear``) map them to
 [B, out_channels].
 """
-from trainables.heads import aspp, conv, deeplabv3plus, hrnet, linear, psp, taskonomy_fcn  # noqa: F401
+from trainables.heads import aspp, conv, deeplabv3plus, hrnet, linear, psp, segnet, taskonomy_fcn  # noqa: F401
