@@ -51,6 +51,7 @@ from torch import Tensor, nn
 from trainables.architectures.base import Predictions
 from trainables.balancers.base import Balancer
 from trainables.regularisers.base import Regulariser
+from trainables.step_terms import Regularised, first_view, model_input, regulariser_grads, split_views
 from trainables.session import Session
 from trainables.tasks.base import Task
 
@@ -122,7 +123,7 @@ def training_step(model: nn.Module, balancer: Balancer, tasks: Mapping[str, Task
     """
     session = session or Session()
     optimizer.zero_grad(set_to_none=True)
-    regs = _Regs(list(regularisers))
+    regs = Regularised(list(regularisers))
     if balancer.info.needs_task_grads:
         losses = _grad_level(_bare(model), balancer, tasks, batch, session, regs)
     else:
@@ -134,66 +135,8 @@ def training_step(model: nn.Module, balancer: Balancer, tasks: Mapping[str, Task
     return report
 
 
-# -- views and regularisers ----------------------------------------------------------------------
-@dataclass
-class _Regs:
-    """The step's regularisers, the views they need and, once computed, their terms."""
-
-    modules: List[Regulariser]
-    values: Dict[str, Tensor] = field(default_factory=dict)
-
-    @property
-    def views(self) -> int:
-        return max((r.info.views for r in self.modules), default=1)
-
-    @property
-    def needs_features(self) -> bool:
-        return any(r.info.needs_features for r in self.modules)
-
-    def own_parameters(self) -> List[nn.Parameter]:
-        return [p for r in self.modules for p in r.parameters() if p.requires_grad]
-
-    def total(self, outputs: List[Mapping[str, Tensor]], batch, features) -> Optional[Tensor]:
-        """The sum of every regulariser's terms (None without regularisers); keeps each term."""
-        if not self.modules:
-            return None
-        total = None
-        for reg in self.modules:
-            for name, term in reg.terms(outputs, batch, features if reg.info.needs_features else None).items():
-                if name in self.values:
-                    raise ValueError(f"two regularisers return a term named {name!r}; give them different names")
-                self.values[name] = term
-                total = term if total is None else total + term
-        return total
-
-
-def model_input(batch, views: int) -> Tensor:
-    """The images the model runs on: the batch's, then each extra view's, concatenated."""
-    if views == 1:
-        return batch["image"]
-    extra = batch["views"]
-    if extra.shape[1] < views - 1:
-        raise ValueError(f"a regulariser needs {views} views, the batch has {extra.shape[1] + 1}")
-    return torch.cat([batch["image"]] + [extra[:, k] for k in range(views - 1)])
-
-
-def split_views(out: Mapping[str, Tensor], size: int, views: int) -> List[Mapping[str, Tensor]]:
-    """Per view, the outputs of its ``size`` samples (view 0 keeps any intermediate predictions)."""
-    if views == 1:
-        return [out]
-    parts = [{t: o[k * size:(k + 1) * size] for t, o in out.items()} for k in range(views)]
-    aux = getattr(out, "aux", None)
-    if aux:
-        parts[0] = Predictions(parts[0], {t: [a[:size] for a in preds] for t, preds in aux.items()}, out.aux_weights)
-    return parts
-
-
-def _first_view(z, size: int):
-    return tuple(t[:size] for t in z) if isinstance(z, tuple) else z[:size]
-
-
 # -- loss level ----------------------------------------------------------------------------------
-def _loss_level(model: nn.Module, balancer: Balancer, tasks, batch, session: Session, regs: _Regs) -> Dict[str, Tensor]:
+def _loss_level(model: nn.Module, balancer: Balancer, tasks, batch, session: Session, regs: Regularised) -> Dict[str, Tensor]:
     net = _bare(model)
     x, size = model_input(batch, regs.views), batch["image"].shape[0]
     features = None
@@ -203,7 +146,7 @@ def _loss_level(model: nn.Module, balancer: Balancer, tasks, batch, session: Ses
     if regs.needs_features:
         z = net.encode(x)
         out_all = net.decode(z, x.shape[-2:])
-        features = _first_view(z, size)
+        features = first_view(z, size)
     else:
         out_all = forward(model, x)
     outputs = split_views(out_all, size, regs.views)
@@ -255,7 +198,7 @@ class _Step:
         return next(iter(self.values.values())).device
 
 
-def _grad_level(net: nn.Module, balancer: Balancer, tasks, batch, session: Session, regs: _Regs) -> Dict[str, Tensor]:
+def _grad_level(net: nn.Module, balancer: Balancer, tasks, batch, session: Session, regs: Regularised) -> Dict[str, Tensor]:
     x, size = model_input(batch, regs.views), batch["image"].shape[0]
     info = balancer.info
     via_z = net.info.has_shared_representation
@@ -269,7 +212,7 @@ def _grad_level(net: nn.Module, balancer: Balancer, tasks, batch, session: Sessi
         zs = z if isinstance(z, tuple) else (z,)
         z_d = tuple(t.detach().requires_grad_() for t in zs)
         out_all = net.decode(z_d if isinstance(z, tuple) else z_d[0], x.shape[-2:])
-        features = _first_view(z_d if isinstance(z, tuple) else z_d[0], size)
+        features = first_view(z_d if isinstance(z, tuple) else z_d[0], size)
     else:
         if regs.needs_features:  # the plan refuses this pair before Ray starts
             raise ValueError(f"a regulariser needs the shared features, but {net.label()} has none")
@@ -280,7 +223,7 @@ def _grad_level(net: nn.Module, balancer: Balancer, tasks, batch, session: Sessi
     pairs = labelled(out, tasks, batch)
     losses = task_losses(out, tasks, batch, pairs)
     _observe(balancer, pairs)
-    reg_grads = _regulariser_grads(net, regs, regs.total(outputs, batch, features), zs, z_d, session)
+    reg_grads = regulariser_grads(net, regs, regs.total(outputs, batch, features), zs, z_d, session)
     names, values = _present(balancer, losses, x.device, session)
     if names:  # else no task labelled on any worker: only the regularisers' terms train
         _balanced_grads(net, balancer, session, losses, names, values, zs, z_d)
@@ -306,38 +249,6 @@ def _balanced_grads(net, balancer, session, losses, names, values, zs, z_d) -> N
         _representation_level(step)
     else:
         _params_via_z(step, shared, scope)
-
-
-def _regulariser_grads(net, regs: _Regs, total: Optional[Tensor], zs, z_d, session: Session) -> List[Tuple[nn.Parameter, Tensor]]:
-    """d(regulariser terms)/d(model parameters), averaged over the workers, to be added to .grad
-    after the balancer has written its own; the regularisers' own parameters get theirs in .grad
-    at once (the step averages them with the balancer's). With a shared representation the
-    outputs hang off a detached z, so the terms' gradient w.r.t. z is carried through the
-    encoder by one more vector-Jacobian product (the graphs are kept for the balancer)."""
-    if total is None or not total.requires_grad:
-        return []
-    params = [p for p in net.parameters() if p.requires_grad]
-    own = regs.own_parameters()
-    grads = torch.autograd.grad(total, list(z_d) + params + own, retain_graph=True, allow_unused=True)
-    gz, gp, go = grads[:len(z_d)], grads[len(z_d):len(z_d) + len(params)], grads[len(z_d) + len(params):]
-    for p, g in zip(own, go):
-        if g is not None:
-            p.grad = g if p.grad is None else p.grad + g
-    gp = list(gp)
-    if any(g is not None for g in gz):
-        pairs = [(t, g) for t, g in zip(zs, gz) if g is not None]
-        through = torch.autograd.grad([t for t, _ in pairs], params, grad_outputs=[g for _, g in pairs],
-                                      retain_graph=True, allow_unused=True)
-        gp = [a if b is None else (b if a is None else a + b) for a, b in zip(gp, through)]
-    out = [(p, g if g is not None else torch.zeros_like(p)) for p, g in zip(params, gp)]
-    if session.world_size > 1:
-        flat = session.average_(torch.cat([g.flatten() for _, g in out]))
-        offset, averaged = 0, []
-        for p, _ in out:
-            averaged.append((p, flat[offset:offset + p.numel()].view_as(p)))
-            offset += p.numel()
-        out = averaged
-    return out
 
 
 def _representation_level(s: _Step) -> None:
