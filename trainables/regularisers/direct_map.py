@@ -32,7 +32,7 @@ one-sample-at-a-time mapping follow MTPSL's loop.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Sequence, Tuple
+from typing import Any, ClassVar, Dict, Mapping, Sequence
 
 from torch import Tensor, nn
 
@@ -42,18 +42,10 @@ from trainables.regularisers.base import Regulariser, zero_like_outputs
 
 
 @dataclass(frozen=True)
-class DirectMapParams:
+class DirectMapParams(maps.MapParams):
     """Hyper-parameters of ``direct_map`` (see the module docstring)."""
 
-    weight: float = 2.0
-    channels: Tuple[int, ...] = maps.SEGNET_CHANNELS
-    convs: Tuple[int, ...] = maps.SEGNET_CONVS
-    class_input: str = "gumbel"
-
-    def __post_init__(self) -> None:
-        maps.check_number("direct_map", "weight", self.weight)
-        maps.check_widths("direct_map", self.channels, self.convs)
-        maps.check_choice("direct_map", "class_input", self.class_input, maps.CLASS_INPUTS)
+    PLUGIN: ClassVar[str] = "direct_map"
 
 
 @register_regulariser("direct_map")

@@ -39,7 +39,8 @@ Not a plug-in. Three parts:
 from __future__ import annotations
 
 import math
-from typing import Any, List, Mapping, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, ClassVar, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +57,22 @@ from trainables.tasks.semseg import SemSeg
 SEGNET_CHANNELS = (64, 128, 256, 512, 512)
 SEGNET_CONVS = (2, 2, 3, 3, 3)
 CLASS_INPUTS = ("gumbel", "softmax")
+
+
+@dataclass(frozen=True)
+class MapParams:
+    """The hyper-parameters the mapping regularisers share (each subclass names its plug-in)."""
+
+    PLUGIN: ClassVar[str] = "map"
+    weight: float = 2.0
+    channels: Tuple[int, ...] = SEGNET_CHANNELS
+    convs: Tuple[int, ...] = SEGNET_CONVS
+    class_input: str = "gumbel"
+
+    def __post_init__(self) -> None:
+        check_number(self.PLUGIN, "weight", self.weight)
+        check_widths(self.PLUGIN, self.channels, self.convs)
+        check_choice(self.PLUGIN, "class_input", self.class_input, CLASS_INPUTS)
 SUPPORTED = ("class maps (semseg, human_parts), binary maps (edge, saliency), depth, normals and masked "
              "dense regression (dense_l1, keypoints, instance_center)")
 

@@ -33,7 +33,7 @@ one-sample-at-a-time mapping.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Sequence, Tuple
+from typing import Any, ClassVar, Dict, Mapping, Sequence
 
 from torch import Tensor, nn
 
@@ -43,18 +43,10 @@ from trainables.regularisers.base import Regulariser, zero_like_outputs
 
 
 @dataclass(frozen=True)
-class PerceptualMapParams:
+class PerceptualMapParams(maps.MapParams):
     """Hyper-parameters of ``perceptual_map`` (see the module docstring)."""
 
-    weight: float = 2.0
-    channels: Tuple[int, ...] = maps.SEGNET_CHANNELS
-    convs: Tuple[int, ...] = maps.SEGNET_CONVS
-    class_input: str = "gumbel"
-
-    def __post_init__(self) -> None:
-        maps.check_number("perceptual_map", "weight", self.weight)
-        maps.check_widths("perceptual_map", self.channels, self.convs)
-        maps.check_choice("perceptual_map", "class_input", self.class_input, maps.CLASS_INPUTS)
+    PLUGIN: ClassVar[str] = "perceptual_map"
 
 
 @register_regulariser("perceptual_map")
