@@ -171,6 +171,11 @@ class BalancerInfo:
         needs_epoch_losses: ``on_epoch_end`` receives each task's mean training loss of the epoch.
         needs_outputs: ``observe_outputs`` receives the labelled samples' outputs and targets.
         needs_primary_task: the run context must name a primary task (auxiliary learning).
+        needs_meta_batch: bilevel methods (Auto-Lambda): every step first calls
+            ``meta_update(MetaContext)`` with a batch of a meta split that ``fit`` carves out of
+            the training split (``meta_fraction`` of it; never val, which selects models), a
+            functional forward of the model and the optimiser's state.
+        meta_fraction: the share of the training split held out as the meta split.
     """
 
     needs_task_grads: bool = False
@@ -180,8 +185,12 @@ class BalancerInfo:
     needs_epoch_losses: bool = False
     needs_outputs: bool = False
     needs_primary_task: bool = False
+    needs_meta_batch: bool = False
+    meta_fraction: float = 0.1
 
     def __post_init__(self) -> None:
+        if not 0.0 < self.meta_fraction < 1.0:
+            raise ValueError(f"meta_fraction {self.meta_fraction!r} must be in (0, 1)")
         if self.grad_target not in GRAD_TARGETS:
             raise ValueError(f"grad_target {self.grad_target!r} is not one of {GRAD_TARGETS}")
         if self.needs_task_grads != (self.grad_target is not None):
@@ -201,7 +210,8 @@ class BalancerInfo:
         if self.backward_per_task:
             parts.append("+(T-1) encoder backward passes")
         parts += [text for flag, text in ((self.needs_epoch_losses, "epoch losses"), (self.needs_outputs, "outputs"),
-                                          (self.needs_primary_task, "a primary task")) if flag]
+                                          (self.needs_primary_task, "a primary task"),
+                                          (self.needs_meta_batch, f"a meta batch ({self.meta_fraction:g} of train)")) if flag]
         return "; ".join(parts)
 
 

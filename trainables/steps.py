@@ -111,7 +111,8 @@ def forward(model: nn.Module, x: Tensor):
 
 
 def training_step(model: nn.Module, balancer: Balancer, tasks: Mapping[str, Task], batch, optimizer,
-                  session: Optional[Session] = None, regularisers: Sequence[Regulariser] = ()) -> Dict[str, float]:
+                  session: Optional[Session] = None, regularisers: Sequence[Regulariser] = (),
+                  meta_batch=None) -> Dict[str, float]:
     """Forward, balance, backward, optimiser step; returns the per-task loss values and each
     regulariser term's value (as ``"reg/<term>"``).
 
@@ -120,9 +121,17 @@ def training_step(model: nn.Module, balancer: Balancer, tasks: Mapping[str, Task
     their terms outside the balancer (``trainables/regularisers/base.py``): the model runs on
     every view they ask for (``batch["views"]``, in the same forward pass), the supervised losses
     read view 0, and the terms' gradient is added to the parameters at every balancer level.
+    A balancer with ``needs_meta_batch`` first gets ``meta_update`` on ``meta_batch``
+    (``trainables/meta.py``), which writes its own gradients.
     """
     session = session or Session()
     optimizer.zero_grad(set_to_none=True)
+    if balancer.info.needs_meta_batch:
+        from trainables.meta import MetaContext
+
+        if meta_batch is None:
+            raise ValueError(f"{balancer.label()} needs a meta batch; fit carves it out of the training split")
+        balancer.meta_update(MetaContext(_bare(model), tasks, batch, meta_batch, optimizer))
     regs = Regularised(list(regularisers))
     if balancer.info.needs_task_grads:
         losses = _grad_level(_bare(model), balancer, tasks, batch, session, regs)

@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from trainables.build import (
+    balancer_info,
     build_balancer,
     build_dataset,
     build_model,
@@ -123,6 +124,12 @@ def fit(cfg: TrialConfig, session: Session) -> Dict[str, Any]:
         from trainables.datasets.partial import LabelMasked
 
         train_set = LabelMasked.from_file(train_set, cfg.label_file, cfg.tasks)
+    meta_set = None
+    balancer_needs = balancer_info(cfg.balancer)
+    if balancer_needs.needs_meta_batch:  # bilevel balancers: a meta split carved out of TRAIN, never val
+        from trainables.meta import split_meta
+
+        train_set, meta_set = split_meta(train_set, balancer_needs.meta_fraction, cfg.seed)
     regularisers = build_regularisers(cfg.regularisers, tasks, cfg.context)
     views = max((r.info.views for r in regularisers), default=1)
     if views > 1:  # photometric re-augmentations of every training image, sharing its labels
@@ -152,13 +159,21 @@ def fit(cfg: TrialConfig, session: Session) -> Dict[str, Any]:
     generator = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(train_set, batch_size=per_worker_batch, shuffle=True, drop_last=True, generator=generator)
     loader = session.prepare_loader(loader)
+    meta_batches = None
+    if meta_set is not None:
+        from trainables.meta import cycle
+
+        meta_loader = DataLoader(meta_set, batch_size=per_worker_batch, shuffle=True, drop_last=False,
+                                 generator=torch.Generator().manual_seed(cfg.seed + 1 + session.rank))
+        meta_batches = cycle(meta_loader)
     steps = len(loader) if cfg.max_steps_per_epoch is None else min(len(loader), cfg.max_steps_per_epoch)
     if steps == 0:
         raise ValueError(f"batch_size {cfg.batch_size} exceeds the {len(train_set)} training samples")
     # the architecture's groups (e.g. cross-stitch units at 100x the base rate), then the balancer's;
     # LambdaLR scales every group's own initial rate, so the ratios hold for the whole run
     groups = [{"params": g["params"], "lr": cfg.lr * g["lr_mult"]} for g in model.param_groups()]
-    groups.append({"params": list(balancer.parameters()), "lr": cfg.lr})
+    groups += [{"params": g["params"], "lr": cfg.lr * g["lr_mult"], "weight_decay": g.get("weight_decay", cfg.weight_decay)}
+               for g in balancer.param_groups()]
     groups += [{"params": g["params"], "lr": cfg.lr * g["lr_mult"]} for r in regularisers for g in r.param_groups()]
     optimizer = make_optimizer(cfg, [g for g in groups if g["params"]])
     scheduler = make_scheduler(cfg, optimizer, steps)
@@ -191,7 +206,8 @@ def fit(cfg: TrialConfig, session: Session) -> Dict[str, Any]:
             if step >= steps:
                 break
             batch = to_device(batch, session.device)
-            losses = training_step(model, balancer, tasks, batch, optimizer, session, regularisers)
+            meta = to_device(next(meta_batches), session.device) if meta_batches is not None else None
+            losses = training_step(model, balancer, tasks, batch, optimizer, session, regularisers, meta)
             scheduler.step()
             for i, name in enumerate(cfg.tasks):
                 if name in losses:

@@ -85,6 +85,20 @@ class Balancer(nn.Module, Configurable):
         """Whether the direction is a combination with Gram-derived coefficients (DDP-exact)."""
         return type(self).grad_weights is not Balancer.grad_weights
 
+    # -- bilevel methods --------------------------------------------------------------------------
+    def meta_update(self, ctx: "MetaContext") -> None:  # noqa: F821  (trainables/meta.py)
+        """With ``needs_meta_batch``: called every step before the model's update, after the
+        gradients were zeroed; writes the balancer's own gradients (e.g. Auto-Lambda's
+        hypergradient of its task weights) for the step's optimiser to apply."""
+        raise NotImplementedError(f"{self.label()} declares needs_meta_batch but has no meta_update")
+
+    def param_groups(self) -> List[Dict[str, Any]]:
+        """[{"name", "params", "lr_mult", "weight_decay"}]: the balancer's own parameters (task
+        weights, log-variances) at the base rate and without weight decay, which would pull them
+        towards 0 (uncertainty's log-variances, Auto-Lambda's weights)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [{"name": self.label(), "params": params, "lr_mult": 1.0, "weight_decay": 0.0}] if params else []
+
     # -- hooks ----------------------------------------------------------------------------------
     def on_epoch_end(self, epoch: int, mean_losses: Dict[str, float]) -> None:
         """Called once per epoch when ``needs_epoch_losses`` is set."""
