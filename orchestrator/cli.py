@@ -24,6 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="print the survey-style table of a results file or study dir")
     rep.add_argument("results", help="results.parquet or a study directory")
     rep.add_argument("--format", default="markdown", choices=("markdown", "csv", "latex"))
+    rep.add_argument("--times", action="store_true",
+                     help="the training-time table instead (IAL Table II: seconds per run, x the single-task networks)")
 
     models = sub.add_parser("models", help="every model of a study with #P and FLOPS at its real input size "
                                            "(nothing is trained; paper columns when the preset reproduces a table)")
@@ -105,7 +107,7 @@ def cmd_run(args) -> int:
 def cmd_report(args) -> int:
     import json
 
-    from orchestrator.report import render
+    from orchestrator.report import render, render_times
     from orchestrator.results import read_rows
 
     try:
@@ -115,7 +117,7 @@ def cmd_report(args) -> int:
         return 2
     primary = next((r for r in rows if r["role"] == "multi_task"), None)
     primary_task = json.loads(primary["config_json"]).get("primary_task") if primary else None
-    print(render(rows, fmt=args.format, primary_task=primary_task))
+    print(render_times(rows) if args.times else render(rows, fmt=args.format, primary_task=primary_task))
     return 0
 
 

@@ -149,3 +149,37 @@ def auxiliary_notes(rows: Sequence[Dict[str, Any]]) -> List[str]:
             per_model.setdefault(r["experiment"], _auxiliary(r))
     return [f"{name}: auxiliary tasks {', '.join(aux)} (trained and supervised, not scored in Δm)"
             for name, aux in per_model.items()]
+
+
+def training_times(rows: Sequence[Dict[str, Any]]) -> List[List[str]]:
+    """IAL Table II: per model, the wall time of training one run of its selected setting
+    (mean ± std over seeds), and that time relative to training the single-task networks (the sum
+    over tasks of their selected runs' mean). Rows: [model, seconds, ratio]."""
+    chosen = [r for r in rows if r["selected"] and r.get("wall_time_s") is not None]
+    single: Dict[str, List[float]] = {}
+    for r in chosen:
+        if r["role"] == "single_task":
+            single.setdefault(r["tasks"][0], []).append(r["wall_time_s"])
+    reference = sum(mean(v) for v in single.values()) if single else None
+    out = []
+    if reference:
+        out.append(["Single task (all tasks)", f"{reference:.1f}", "1.00"])
+    names = list(dict.fromkeys(r["experiment"] for r in chosen if r["role"] != "single_task"))
+    for name in names:
+        times = [r["wall_time_s"] for r in chosen if r["experiment"] == name]
+        ratio = f"{mean(times) / reference:.2f}" if reference else "-"
+        label = "Supervised MTL" if any(r["role"] == "supervised_mtl" for r in chosen if r["experiment"] == name) else name
+        out.append([label, _cell(times, digits=1), ratio])
+    return out
+
+
+def render_times(rows: Sequence[Dict[str, Any]]) -> str:
+    """The training-time table in markdown (see ``training_times``)."""
+    body = training_times(rows)
+    if not body:
+        return ""
+    header = ["Model", "training time (s) per run", "× single-task networks"]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
+    fmt_line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    lines = [fmt_line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [fmt_line(b) for b in body]
+    return "\n".join(lines)

@@ -210,6 +210,9 @@ def run_study(spec: StudySpec, storage: str = DEFAULT_STORAGE, smoke_run: bool =
     log("\n" + table + "\n")
     log(f"results: {path} ({len(rows)} rows; all runs under {os.path.join(p.study_dir, 'results')})")
     log(f"TensorBoard: tensorboard --logdir {os.path.join(p.study_dir, 'tune')}")
+    times = report.render_times(rows)
+    if times:
+        log("training time per run of each model's selected setting (IAL Table II; mtl report --times):\n" + times)
     log(f"wall time: {wall:.0f}s")
     return {"results": path, "rows": rows, "table": table, "wall_time_s": wall, "study_dir": p.study_dir}
 

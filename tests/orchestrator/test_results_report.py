@@ -140,3 +140,23 @@ def test_one_selection_rule_for_baselines_and_models():
     assert best_setting(runs, setting=lambda r: r[0], score=lambda r: r[1]) == "a"  # 2.0 vs 1.75; c diverged
     assert best_setting([("x", 1.0), ("y", 1.0)], setting=lambda r: r[0], score=lambda r: r[1]) == "x"
     assert best_setting([("d", None)], setting=lambda r: r[0], score=lambda r: r[1]) is None
+
+
+def test_training_time_table_against_the_single_task_networks():
+    """IAL Table II: seconds per run of the selected setting (mean ± std over seeds) and the ratio to
+    training every task's single-task network once."""
+    from orchestrator.report import render_times, training_times
+
+    def row(experiment, role, tasks, seconds, seed=0, selected=True):
+        return {"experiment": experiment, "role": role, "tasks": tasks, "selected": selected, "seed": seed,
+                "wall_time_s": seconds}
+
+    rows = [row("single_task/a", "single_task", ["a"], 10.0), row("single_task/a", "single_task", ["a"], 14.0, 1),
+            row("single_task/b", "single_task", ["b"], 8.0), row("single_task/b", "single_task", ["b"], 99.0, 0, False),
+            row("ial", "multi_task", ["a", "b"], 30.0), row("ial", "multi_task", ["a", "b"], 40.0, 1),
+            row("supervised_mtl", "supervised_mtl", ["a", "b"], 20.0)]
+    table = training_times(rows)
+    assert table[0] == ["Single task (all tasks)", "20.0", "1.00"]  # mean(10, 14) + 8; the unselected run is out
+    assert table[1] == ["ial", "35.0 ± 5.0", "1.75"]
+    assert table[2] == ["Supervised MTL", "20.0", "1.00"]
+    assert "× single-task networks" in render_times(rows)
