@@ -6,6 +6,9 @@ lambda~ drawn from a distribution p each step and f a normalisation onto the sim
     "normal" (default, "RLW-Normal" in IAL's Table I): lambda = softmax(lambda~), lambda~ ~ N(0, I)
     "uniform": lambda = softmax(lambda~), lambda~ ~ U(0, 1)^T
     "dirichlet": lambda ~ Dirichlet(1, ..., 1) (already on the simplex)
+"normal" is the authors' own code (LibMTL ``weighting/RLW.py``: softmax of ``torch.randn(T)``,
+i.e. N(0, I)). The softmax ignores a common shift, so any mean (e.g. N(1, I)) gives the same
+weights; only the standard deviation (1) matters.
 Weights are drawn for all T tasks every step (so the random stream does not depend on which
 labels a batch has) and renormalised over the tasks present. The draws come from the
 balancer's own generator (checkpointed), so runs are reproducible and DDP workers agree.
