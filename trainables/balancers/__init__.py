@@ -1,5 +1,6 @@
 """Task-balancing plug-ins (one file each)."""
 from trainables.balancers import (  # noqa: F401
+    atw,
     cagrad,
     dtp,
     dwa,
@@ -9,8 +10,10 @@ from trainables.balancers import (  # noqa: F401
     ial,
     imtl,
     mgda,
+    miraliev,
     ol_aux,
     pcgrad,
+    puw,
     rlw,
     uncertainty,
 )
