@@ -5,9 +5,11 @@ Model: ``mtl_baseline`` = ``tiny_cnn`` encoder + ``conv`` heads for semseg / dep
 threads as there are cores (``--device cuda`` to time a GPU). Each method gets its own copy of
 the same initial model; after a warm-up, repetitions are interleaved in a fresh random order
 every round so that machine noise hits every method alike, and the median step time is
-reported as a ratio to ``fixed``'s. "naive" is the reference loop the step's batched
-vector-Jacobian products replace: one full backward per task (``loss_t.backward(retain_graph=True)``
-and a copy of the shared gradients each time), then their sum.
+reported as a ratio to ``fixed``'s. A bilevel balancer (``needs_meta_batch``: Auto-Lambda) gets
+the same batch as its meta batch (``training_step`` ignores it for the others). "naive" is the
+reference loop the step's batched vector-Jacobian products replace: one full backward per task
+(``loss_t.backward(retain_graph=True)`` and a copy of the shared gradients each time), then their
+sum.
 
 Targets: representation-level methods <= 1.3x fixed, parameter-level methods <= 1.8x.
 
@@ -89,7 +91,9 @@ def main() -> None:
         model = copy.deepcopy(base)
         balancer = build_balancer(name, TASKS, RunContext(primary_task=TASKS[0], seed=0)).to(device)
         optimizer = torch.optim.Adam(list(model.parameters()) + list(balancer.parameters()), lr=1e-4)
-        runs[name] = (level(balancer), lambda m=model, b=balancer, o=optimizer: training_step(m, b, tasks, batch, o))
+        # bilevel methods get the training batch as meta batch: the cost does not depend on its samples
+        runs[name] = (level(balancer), lambda m=model, b=balancer, o=optimizer: training_step(m, b, tasks, batch, o,
+                                                                                              meta_batch=batch))
     model = copy.deepcopy(base)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     runs["naive (1 backward/task)"] = ("params", lambda: naive_step(model, tasks, batch, optimizer))

@@ -262,7 +262,7 @@ def test_balancer_contract(name):
             opt.load_state_dict(state["optimizer"])
         else:
             before = [p.detach().clone() for p in model.parameters()]
-            training_step(model, bal, tasks, real_batch(1), opt)
+            training_step(model, bal, tasks, real_batch(1), opt, meta_batch=real_batch(101))
             changed = [not torch.equal(a, p) for a, p in zip(before, model.parameters())]
             assert all(changed), f"{name}: {changed.count(False)} parameters did not move"
             if bal.info.needs_epoch_losses:
@@ -272,7 +272,7 @@ def test_balancer_contract(name):
             torch.save({"model": model.state_dict(), "balancer": bal.state_dict(), "optimizer": opt.state_dict()}, buffer)
             restore_from = buffer.getvalue()
         for seed, unlabelled in [(2, "depth"), (3, None)]:
-            losses = training_step(model, bal, tasks, real_batch(seed, unlabelled), opt)
+            losses = training_step(model, bal, tasks, real_batch(seed, unlabelled), opt, meta_batch=real_batch(seed + 100))
             assert all(math.isfinite(v) for v in losses.values())
         weights = bal.current_weights()
         assert all(math.isfinite(w) for w in weights.values())

@@ -1,6 +1,7 @@
 """Task-balancing plug-ins (one file each)."""
 from trainables.balancers import (  # noqa: F401
     atw,
+    auto_lambda,
     cagrad,
     dtp,
     dwa,
