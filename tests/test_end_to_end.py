@@ -128,6 +128,26 @@ def test_survey_nyud_preset_smoke_on_a_fixture_tree(ray_session, tmp_path):
         assert set(init) == {"semseg", "depth"} and all(os.path.isfile(os.path.join(p, "state.pt")) for p in init.values())
 
 
+def test_jtr_study_smoke_with_every_regulariser_against_supervised_mtl(ray_session, tmp_path):
+    """The JTR twin in --smoke: partial labels, the supervised-MTL Delta baseline from the actor
+    pool, every regulariser inside Tune trials (MuST with the cached single-task teachers)."""
+    from search_spaces.jtr import METHODS
+
+    storage = tmp_path / "runs"
+    assert main(["run", "jtr_synthetic", "--smoke", "--storage", str(storage)]) == 0
+    rows = read_rows(str(storage / "jtr_synthetic"))
+    multi = {r["experiment"]: r for r in rows if r["role"] == "multi_task"}
+    assert set(multi) == set(METHODS)
+    assert all(r["status"] == "completed" for r in multi.values()), {k: r["error"] for k, r in multi.items()}
+    assert all(r["delta_baseline"].startswith("supervised MTL") for r in multi.values())
+    assert [r["role"] for r in rows].count("supervised_mtl") == 1
+    teachers = json.loads(multi["must"]["config_json"])["teacher_checkpoints"]
+    assert set(teachers) == {"semseg", "depth", "normals"}
+    assert all(os.path.isfile(os.path.join(p, "state.pt")) for p in teachers.values())
+    # every model was trained on the study's partial labels
+    assert len({json.loads(r["config_json"])["label_file"] for r in rows}) == 1
+
+
 def test_data_parallel_trial_with_two_workers(first_run):
     """Two Ray Train workers (DDP over gloo) in one trial: prepare_model / prepare_data_loader,
     metrics all-reduced over the split, and the trial still completes on a 2-CPU machine."""
