@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Dict
 
-from search_spaces import balancing_survey, balancing_synthetic, ial_synthetic, jtr
+from search_spaces import balancing_survey, balancing_synthetic, ial, jtr
 from search_spaces import quickstart, survey_celeba, survey_nyud, survey_pascal, survey_synthetic
 from search_spaces import survey_cityscapes, survey_encoder_synthetic, survey_taskonomy
 from search_spaces import survey_decoder, survey_decoder_synthetic
@@ -12,7 +12,8 @@ PRESETS: Dict[str, dict] = {
     "quickstart": quickstart.SPEC,
     "survey_synthetic": survey_synthetic.SPEC,
     "balancing_synthetic": balancing_synthetic.SPEC,
-    "ial_synthetic": ial_synthetic.SPEC,
+    "ial_synthetic": ial.SYNTHETIC,
+    "ial_nyuv2": ial.NYUV2,
     "survey_nyud": survey_nyud.SPEC,
     "survey_nyud_synthetic": survey_encoder_synthetic.NYUD_TWIN,
     "survey_cityscapes": survey_cityscapes.SPEC,
