@@ -172,7 +172,10 @@ def settings_of(spec: StudySpec, info: DatasetInfo) -> List[dict]:
 def smoke(spec: StudySpec) -> StudySpec:
     """The same study shrunk to a couple of minutes: small data, 2 epochs, one grid setting."""
     dataset_cls = DATASETS.get(spec.dataset.name)
-    params = {**dict(spec.dataset.params), **getattr(dataset_cls, "SMOKE_PARAMS", {})}
+    if hasattr(dataset_cls, "smoke_params"):  # a wrapper shrinks the dataset it wraps
+        params = dataset_cls.smoke_params(dict(spec.dataset.params))
+    else:
+        params = {**dict(spec.dataset.params), **getattr(dataset_cls, "SMOKE_PARAMS", {})}
     return dataclasses.replace(
         spec,
         dataset=dataclasses.replace(spec.dataset, params=params),

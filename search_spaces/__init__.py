@@ -14,6 +14,8 @@ PRESETS: Dict[str, dict] = {
     "balancing_synthetic": balancing_synthetic.SPEC,
     "ial_synthetic": ial.SYNTHETIC,
     "ial_nyuv2": ial.NYUV2,
+    "ial_nyuv2_noisy": ial.NYUV2_NOISY,
+    "ial_noisy_synthetic": ial.SYNTHETIC_NOISY,
     "survey_nyud": survey_nyud.SPEC,
     "survey_nyud_synthetic": survey_encoder_synthetic.NYUD_TWIN,
     "survey_cityscapes": survey_cityscapes.SPEC,
