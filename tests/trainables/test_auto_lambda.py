@@ -26,32 +26,10 @@ from trainables.plugins import ArchitectureInfo, Plugin, RunContext
 from trainables.schema import ConfigError
 from trainables.session import Session
 from trainables.steps import training_step
-from trainables.tasks.base import Task
 from trainables.train_loop import fit
+from tests.trainables.test_steps import MSETask
 
 TASKS = ["a", "b", "c"]
-
-
-class MSE(Task):
-    kind = "image"
-    primary_metric = "mse"
-    higher_is_better = False
-
-    @property
-    def out_channels(self) -> int:
-        return 1
-
-    def loss(self, pred, target):
-        return F.mse_loss(pred, target)
-
-    def metric_state(self, device="cpu"):
-        return torch.zeros(2, dtype=torch.float64, device=device)
-
-    def update_metric(self, state, pred, target):
-        state += torch.stack([((pred - target) ** 2).sum().double(), torch.tensor(float(pred.numel()))])
-
-    def compute_metric(self, state):
-        return {"mse": float(state[0] / state[1])}
 
 
 class Tiny(MultiTaskModel):
@@ -82,7 +60,7 @@ class Tiny(MultiTaskModel):
 
 def tiny(seed=0):
     torch.manual_seed(seed)
-    tasks = {t: MSE(t) for t in TASKS}
+    tasks = {t: MSETask(t) for t in TASKS}
     return Tiny(tasks).double(), tasks
 
 

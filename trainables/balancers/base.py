@@ -115,6 +115,17 @@ class Balancer(nn.Module, Configurable):
         """The tasks of ``losses`` in the balancer's order (the rows of gradient matrices)."""
         return [t for t in self.task_names if t in losses]
 
+    def resolve_primary_task(self, given: Optional[str], why: str = "") -> str:
+        """The primary task: ``given`` (the balancer's own parameter) or else the run's; an error
+        naming the fix when there is none, or when it is not one of the tasks."""
+        primary_task = given or self.context.primary_task
+        if primary_task is None:
+            raise ValueError(f"{self.label()}: primary_task is required{why} - set the study's primary_task or the "
+                             f"balancer parameter primary_task to one of {self.task_names}")
+        if primary_task not in self.task_names:
+            raise ValueError(f"{self.label()}: primary_task {primary_task!r} is not one of the tasks {self.task_names}")
+        return primary_task
+
     def _check_known(self, mapping, what: str) -> None:
         unknown = sorted(set(mapping) - set(self.task_names))
         if unknown:

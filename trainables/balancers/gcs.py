@@ -72,13 +72,7 @@ class GCS(Balancer):
 
     def __init__(self, task_names, params=None, context=None, **kwargs):
         super().__init__(task_names, params, context, **kwargs)
-        primary_task = self.params.primary_task or self.context.primary_task
-        if primary_task is None:
-            raise ValueError("balancer 'gcs': primary_task is required (auxiliary learning) - set the study's "
-                             f"primary_task or the balancer parameter primary_task to one of {self.task_names}")
-        if primary_task not in self.task_names:
-            raise ValueError(f"balancer 'gcs': primary_task {primary_task!r} is not one of the tasks {self.task_names}")
-        self.primary_task = primary_task
+        self.primary_task = primary_task = self.resolve_primary_task(self.params.primary_task, " (auxiliary learning)")
         self.register_buffer("weights", torch.ones(len(self.task_names)))  # coefficients of the last step
 
     def grad_weights(self, gram: Tensor, losses: Dict[str, Tensor]) -> Tensor:

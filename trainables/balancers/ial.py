@@ -75,13 +75,7 @@ class IAL(Balancer):
 
     def __init__(self, task_names, params=None, context=None, **kwargs):
         super().__init__(task_names, params, context, **kwargs)
-        primary_task = self.params.primary_task or self.context.primary_task
-        if primary_task is None:
-            raise ValueError("balancer 'ial': primary_task is required - set the study's primary_task or the "
-                             f"balancer parameter primary_task to one of {self.task_names}")
-        if primary_task not in self.task_names:
-            raise ValueError(f"balancer 'ial': primary_task {primary_task!r} is not one of the tasks {self.task_names}")
-        self.primary_task = primary_task
+        self.primary_task = primary_task = self.resolve_primary_task(self.params.primary_task)
         self.log_vars = nn.Parameter(torch.full((len(self.task_names),), float(self.params.init_log_var)))
 
     def combine(self, losses: Dict[str, Tensor]) -> Tensor:

@@ -84,14 +84,7 @@ class OLAux(Balancer):
 
     def __init__(self, task_names, params=None, context=None, **kwargs):
         super().__init__(task_names, params, context, **kwargs)
-        primary_task = self.params.primary_task or self.context.primary_task
-        if primary_task is None:
-            raise ValueError("balancer 'ol_aux': primary_task is required (auxiliary learning) - set the study's "
-                             f"primary_task or the balancer parameter primary_task to one of {self.task_names}")
-        if primary_task not in self.task_names:
-            raise ValueError(f"balancer 'ol_aux': primary_task {primary_task!r} is not one of the tasks "
-                             f"{self.task_names}")
-        self.primary_task = primary_task
+        self.primary_task = primary_task = self.resolve_primary_task(self.params.primary_task, " (auxiliary learning)")
         self.p = self.task_names.index(primary_task)
         weights = torch.full((len(self.task_names),), float(self.params.init_weight))
         weights[self.p] = 1.0
