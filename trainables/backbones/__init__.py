@@ -15,4 +15,4 @@ Contract (what architectures rely on): ``BACKBONES.get(name)(**params)`` returns
 Weights are randomly initialised: nothing is ever downloaded (a backbone may accept a path
 to a local state dict).
 """
-from trainables.backbones import hrnet, resnet, segnet, tiny  # noqa: F401
+from trainables.backbones import hrnet, resnet, segnet, tiny, vgg  # noqa: F401
