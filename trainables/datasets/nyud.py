@@ -11,9 +11,18 @@ the survey's repository (SimonVandenhende/Multi-Task-Learning-PyTorch):
     <root>/depth/<id>.npy               metres, H x W or H x W x 1 (both accepted); 0 = invalid
     <root>/normals/<id>.npy             H x W x 3 in [-1, 1]; the zero vector = invalid
     <root>/edge/<id>.npy                {0, 1}, H x W (H x W x 1 accepted)
+    <root>/scene/<id>.npy               with ``num_scenes`` only: one integral number, the scene
+                                        type in 0..num_scenes-1 (task scene, MGM's weak label)
+
+NYUD_MT ships no scene types: the user writes them from the ``sceneTypes`` field of the official
+``nyu_depth_v2_labeled.mat`` (one name per image, numbered by position in the sorted list of
+distinct names, as MGM's code numbers its sorted scene folders; MGM's code counts 27). Without
+``num_scenes`` nothing under ``scene/`` is read; with it, ``prepare`` and ``check`` read every
+scene file and an item reads its own only when the study asks for the scene task.
 
 Served targets follow trainables/tasks: semseg LongTensor [H, W]; depth [1, H, W]; normals
-[3, H, W] renormalised to unit length (zero vectors stay zero = invalid); edge [1, H, W].
+[3, H, W] renormalised to unit length (zero vectors stay zero = invalid); edge [1, H, W];
+scene LongTensor [].
 Images: ImageNet mean / std, as the survey's ImageNet-pretrained ResNets expect.
 
 Splits: the survey's code selects its best model on ``val``, which is also its test set (a
@@ -32,8 +41,8 @@ image the size of the first or of ``image_size``). ``check`` decodes every sampl
 of <= 200 ids and 200 evenly spaced ones of a longer list (NYUD: 400 samples, ~10 ms each);
 ``prepare`` decodes the first and last of each list.
 
-Params (``NYUDParams``): image_size, and ``params.ZoomParams``' max_samples, flip, val_fraction,
-seed, scales.
+Params (``NYUDParams``): image_size, num_scenes, and ``params.ZoomParams``' max_samples, flip,
+val_fraction, seed, scales.
 """
 from __future__ import annotations
 
@@ -47,7 +56,7 @@ import torch
 from trainables.datasets import readers
 from trainables.datasets.base import DatasetInfo
 from trainables.datasets.disk import DiskDataset
-from trainables.datasets.params import ZoomParams, as_size
+from trainables.datasets.params import ZoomParams, as_size, is_int
 from trainables.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_image, unit_normals, zoom_and_flip
 from trainables.plugins import Plugin
 from trainables.registry import register_dataset
@@ -68,14 +77,21 @@ class NYUDParams(ZoomParams):
     Attributes:
         image_size: expected [H, W] of every file; None: the size of the first image
             (480 x 640 on NYUD-v2), every other file must match it.
+        num_scenes: the number of scene types in the ``scene/<id>.npy`` files; None (default):
+            no scene task.
     """
 
     image_size: Optional[Tuple[int, int]] = None
+    num_scenes: Optional[int] = None
     dataset: ClassVar[str] = "nyud"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "image_size", as_size("nyud", "image_size", self.image_size))
+        s = self.num_scenes
+        if s is not None and (not is_int(s) or s < 2):
+            raise ValueError(f"nyud: num_scenes must be an int >= 2 (27 for NYUv2's sceneTypes) "
+                             f"or null (no scene task), got {s!r}")
 
 
 def official_ids(root: str, list_name: str) -> List[str]:
@@ -90,6 +106,14 @@ def official_ids(root: str, list_name: str) -> List[str]:
 
 def paths(root: str, sample_id: str) -> Dict[str, str]:
     return {k: os.path.join(root, folder, sample_id + ext) for k, (folder, ext) in FILES.items()}
+
+
+def scene_type(root: str, sample_id: str, num_scenes: int) -> int:
+    """The scene type of ``sample_id`` (``<root>/scene/<id>.npy``)."""
+    return readers.read_class_index(
+        os.path.join(root, "scene", f"{sample_id}.npy"), num_scenes,
+        f"the scene type of id {sample_id!r}: np.save one int in 0..{num_scenes - 1} per id, from sceneTypes "
+        f"of nyu_depth_v2_labeled.mat (see the nyud docstring), or drop the scene task")
 
 
 def read_sample(files: Dict[str, str], kinds: Sequence[str], size: Optional[Tuple[int, int]]) -> Dict[str, np.ndarray]:
@@ -145,6 +169,10 @@ def verify(root: str, p: NYUDParams, decode: Optional[int]) -> Dict[str, int]:
             arrays = read_sample(paths(root, ids[i]), TASK_NAMES, size)
             size = size or arrays["image"].shape[:2]
             n_decoded += 1
+        if p.num_scenes:
+            for sample_id in ids:
+                scene_type(root, sample_id, p.num_scenes)
+            n_files += len(ids)
     return {"files": n_files, "decoded": n_decoded}
 
 
@@ -156,7 +184,7 @@ class NYUD(DiskDataset):
         root: the NYUD_MT folder.
         split: "train" / "val" (seeded hold-out of the official train list) or "test"
             (the official val list).
-        tasks: a subset of TASK_NAMES.
+        tasks: a subset of TASK_NAMES (plus "scene" when num_scenes is set).
         augment: random scaling and flips (see the module docstring).
         **params: NYUDParams fields.
     """
@@ -167,12 +195,17 @@ class NYUD(DiskDataset):
     ids = property(lambda self: self.items, doc="the official id of each item")
 
     @classmethod
+    def valid_tasks(cls, p: NYUDParams) -> Tuple[str, ...]:
+        return TASK_NAMES + (("scene",) if p.num_scenes else ())
+
+    @classmethod
     def describe(cls, **params) -> DatasetInfo:
         p = cls.params_of(params)
+        scene = {"scene": Plugin("scene", {"num_classes": p.num_scenes})} if p.num_scenes else {}
         return DatasetInfo(
             name="nyud",
             tasks={"semseg": Plugin("semseg", {"num_classes": N_CLASSES}), "depth": Plugin("depth"),
-                   "normals": Plugin("normals"), "edge": Plugin("edge")},
+                   "normals": Plugin("normals"), "edge": Plugin("edge"), **scene},
             input_size=p.image_size or DEFAULT_SIZE,
             default_batch_sizes=(4, 6, 8),
             notes="NYUD-v2 (survey NYUD_MT layout): 795 train / 654 val served as test; 40 classes",
@@ -182,7 +215,8 @@ class NYUD(DiskDataset):
         return official_ids(self.root, name)
 
     def __getitem__(self, i: int) -> Dict[str, object]:
-        a = read_sample(paths(self.root, self.items[i]), self.tasks, self.params.image_size)
+        dense = [t for t in self.tasks if t != "scene"]
+        a = read_sample(paths(self.root, self.items[i]), dense, self.params.image_size)
         image = normalize_image(a["image"], IMAGENET_MEAN, IMAGENET_STD)
         targets: Dict[str, torch.Tensor] = {}
         for task in self.tasks:
@@ -192,6 +226,8 @@ class NYUD(DiskDataset):
                 targets[task] = torch.from_numpy(seg)
             elif task == "normals":
                 targets[task] = unit_normals(torch.from_numpy(a["normals"]).permute(2, 0, 1))
+            elif task == "scene":
+                targets[task] = torch.tensor(scene_type(self.root, self.items[i], self.params.num_scenes))
             else:  # depth, edge
                 targets[task] = torch.from_numpy(a[task])[None]
         if self.augment:

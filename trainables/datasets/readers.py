@@ -56,6 +56,20 @@ def read_npy(path: str, shape: Optional[Sequence[Optional[int]]] = None) -> np.n
     return array
 
 
+def read_class_index(path: str, num_classes: int, fix: str) -> int:
+    """An image-level label: a .npy holding one integral number in 0..num_classes-1. A missing
+    file is reported with ``fix`` (how to provide it)."""
+    if not os.path.isfile(path):
+        raise DataCheckError(path, f"missing file ({fix})")
+    a = read_npy(path)
+    if a.size != 1 or not np.issubdtype(a.dtype, np.number):
+        raise DataCheckError(path, f"one number expected, found {a.dtype} of shape {a.shape}")
+    v = a.reshape(-1)[0].item()
+    if not (np.isfinite(v) and v == round(v) and 0 <= v < num_classes):
+        raise DataCheckError(path, f"value must be an integer in 0..{num_classes - 1}, found {v!r}")
+    return int(v)
+
+
 def read_image(path: str, mode: str = "RGB") -> np.ndarray:
     """An image file (jpg/png) as an array: HxWx3 uint8 for "RGB", HxW for "L"; "raw" keeps
     the file's own mode and dtype (label pngs, 16-bit disparity)."""
