@@ -16,7 +16,7 @@ from typing import Callable, Dict, List, Optional, Tuple, TypeVar
 import torch
 
 from orchestrator.spec import SUPERVISED_MTL, ExperimentSpec, LossWeightSearch, SpecError, StudySpec
-from search_spaces.survey_grid import select, survey_grid
+from search_spaces.survey_grid import LEARNING_RATES, select, survey_grid
 from trainables.build import (
     architecture_info,
     balancer_info,
@@ -28,6 +28,7 @@ from trainables.build import (
 )
 from trainables.complexity import count_flops, count_parameters
 from trainables.config import TrialConfig
+from trainables.optim import SCHEDULERS
 from trainables.datasets.base import DatasetInfo
 from trainables.datasets.partial import check_labels
 from trainables.plugins import ModelRef, Plugin, RunContext
@@ -97,7 +98,7 @@ def validate(spec: StudySpec) -> DatasetInfo:
                                 f"single-task network, and auxiliary tasks {list(exp.auxiliary(spec))} have none; "
                                 "set auxiliary_tasks: [] for this experiment")
         for k, reg in enumerate(exp.regularisers):
-            _check_regulariser(f"{where}.regularisers[{k}]", reg, arch, exp)
+            _check_regulariser(f"{where}.regularisers[{k}]", reg, arch, exp, spec, info)
         context = RunContext(primary_task=exp.primary_task or spec.primary_task)
         _checked(lambda: build_balancer(exp.balancer, trained, context), f"{where}.balancer.params")
         with torch.device("meta"):  # builds the model without allocating it
@@ -122,14 +123,24 @@ def _check_pair(where: str, exp: ExperimentSpec, arch, needs, n_tasks: int) -> N
                         "single-task networks are trained as the study's baselines")
 
 
-def _check_regulariser(where: str, reg, arch, exp: ExperimentSpec) -> None:
-    """A regulariser's name and params, and what it needs from the architecture."""
+def _check_regulariser(where: str, reg, arch, exp: ExperimentSpec, spec: StudySpec, info: DatasetInfo) -> None:
+    """A regulariser's name and params, and what it needs from the architecture and the data."""
     _known(REGULARISERS, reg.name, f"{where}.name")
     needs = _checked(lambda: regulariser_info(reg), f"{where}.params")
-    if needs.needs_features and not arch.has_shared_representation:
+    if (needs.needs_features or needs.needs_model) and not arch.has_shared_representation:
         raise SpecError(f"{where}: regulariser {reg.name!r} reads the shared features, but architecture "
                         f"{exp.architecture.name!r} has no single shared representation; use one that has "
                         "(mtl list architecture)")
+    missing = [t for t in needs.extra_labels if t not in info.tasks]
+    if missing:
+        raise SpecError(f"{where}: regulariser {reg.name!r} reads label(s) {missing}, which dataset "
+                        f"{spec.dataset.name!r} does not offer (it offers {sorted(info.tasks)}); choose a dataset "
+                        "with them or set the regulariser's label parameter")
+    labels = dict(spec.dataset.labels or {})
+    if needs.weak_stream and not labels.get("unlabelled_fraction"):
+        raise SpecError(f"{where}: regulariser {reg.name!r} trains on the images without dense labels, and the "
+                        "study has none; set dataset.labels.unlabelled_fraction > 0 (e.g. {setting: full, "
+                        "unlabelled_fraction: 0.5})")
 
 
 def _check_grouping(where: str, exp: ExperimentSpec, arch, needs) -> None:
@@ -159,7 +170,19 @@ def _known(registry: Registry, name: str, where: str) -> None:
 
 
 def settings_of(spec: StudySpec, info: DatasetInfo) -> List[dict]:
+    """The study's settings: the survey grid filtered by ``search``. Batch sizes or learning rates
+    outside the grid (other papers' protocols, e.g. MGM's Adam at 1e-3) give the same product
+    over the values given."""
     s = spec.search
+    grid_lrs = {lr for opt, lrs in LEARNING_RATES.items() if not s.optimizers or opt in s.optimizers for lr in lrs}
+    if s.lrs and any(all(abs(lr - g) > 1e-12 for g in grid_lrs) for lr in s.lrs):
+        if not s.optimizers:
+            raise SpecError(f"search.optimizers: learning rates {list(s.lrs)} are outside the survey grid; "
+                            f"name the optimizer(s) they belong to (e.g. optimizers: [adam])")
+        chosen = [{"batch_size": int(b), "scheduler": sched, "optimizer": opt, "lr": float(lr)}
+                  for b in (s.batch_sizes or info.default_batch_sizes) for sched in (s.schedulers or SCHEDULERS)
+                  for opt in s.optimizers for lr in s.lrs]
+        return chosen[: s.max_settings] if s.max_settings else chosen
     grid = survey_grid(info.default_batch_sizes)
     chosen = select(grid, s.batch_sizes, s.schedulers, s.optimizers, s.lrs)
     if s.batch_sizes and not set(s.batch_sizes) <= set(info.default_batch_sizes):

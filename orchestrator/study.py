@@ -203,6 +203,12 @@ def run_study(spec: StudySpec, storage: str = DEFAULT_STORAGE, smoke_run: bool =
             row["derivation_json"] = derivation_json
         _select(exp_rows)
         rows += _write(exp_rows, run_dir, exp.name)
+        chosen = next((r for r in exp_rows if r["selected"] and r["checkpoint_path"]), None)
+        if exp.base.regularisers and chosen is not None:  # e.g. MGM's generated images, beside the results
+            from trainables.train_loop import regulariser_artifacts
+
+            for path in regulariser_artifacts(chosen["checkpoint_path"], run_dir, exp.name.replace("/", "__")):
+                log(f"  {exp.name}: {path}")
 
     path = results.write_rows(rows, os.path.join(p.study_dir, "results.parquet"))
     table = report.render(rows, primary_task=spec.primary_task)

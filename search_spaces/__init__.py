@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Dict
 
-from search_spaces import balancing_survey, balancing_synthetic, ial, jtr
+from search_spaces import balancing_survey, balancing_synthetic, ial, jtr, mgm
 from search_spaces import quickstart, survey_celeba, survey_nyud, survey_pascal, survey_synthetic
 from search_spaces import survey_cityscapes, survey_encoder_synthetic, survey_taskonomy
 from search_spaces import survey_decoder, survey_decoder_synthetic
@@ -16,6 +16,11 @@ PRESETS: Dict[str, dict] = {
     "ial_nyuv2": ial.NYUV2,
     "ial_nyuv2_noisy": ial.NYUV2_NOISY,
     "ial_noisy_synthetic": ial.SYNTHETIC_NOISY,
+    "ial_cityscapes": ial.CITYSCAPES,
+    "ial_cityscapes_noisy": ial.CITYSCAPES_NOISY,
+    "ial_pascal": ial.PASCAL,
+    "ial_pascal_noisy": ial.PASCAL_NOISY,
+    "ial_cifar100": ial.CIFAR100,
     "survey_nyud": survey_nyud.SPEC,
     "survey_nyud_synthetic": survey_encoder_synthetic.NYUD_TWIN,
     "survey_cityscapes": survey_cityscapes.SPEC,
@@ -24,6 +29,8 @@ PRESETS: Dict[str, dict] = {
     "survey_taskonomy_synthetic": survey_encoder_synthetic.TASKONOMY_TWIN,
     **jtr.PRESETS,
     "jtr_synthetic": jtr.SYNTHETIC,
+    **mgm.PRESETS,
+    "mgm_synthetic": mgm.SYNTHETIC,
     "survey_pascal": survey_pascal.SPEC,
     "survey_celeba": survey_celeba.SPEC,
     "survey_nyud_decoder": survey_decoder.TABLE_6,

@@ -148,6 +148,25 @@ def test_jtr_study_smoke_with_every_regulariser_against_supervised_mtl(ray_sessi
     assert len({json.loads(r["config_json"])["label_file"] for r in rows}) == 1
 
 
+def test_mgm_twin_smoke_with_dropped_images_and_a_sample_grid(ray_session, tmp_path, capsys):
+    """The MGM twin in --smoke: ST on the labelled half, MT, and MGM with its own optimisers and the
+    generated images appended to the batches inside a Tune trial; the sample grid beside the results."""
+    storage = tmp_path / "runs"
+    assert main(["run", "mgm_synthetic", "--smoke", "--storage", str(storage)]) == 0
+    rows = read_rows(str(storage / "mgm_synthetic"))
+    multi = {r["experiment"]: r for r in rows if r["role"] == "multi_task"}
+    assert set(multi) == {"mt", "mgm"}
+    assert all(r["status"] == "completed" for r in multi.values()), {k: r["error"] for k, r in multi.items()}
+    from trainables.datasets.partial import load_label_mask
+
+    label_files = {json.loads(r["config_json"])["label_file"] for r in rows}  # ST too: the labelled half only
+    assert len(label_files) == 1 and load_label_mask(label_files.pop())[2]["unlabelled"] == "drop"
+    grids = [os.path.join(d, f) for d, _, files in os.walk(storage / "mgm_synthetic" / "results") for f in files
+             if f.endswith("_samples.png")]
+    assert [os.path.basename(g) for g in grids] == ["mgm_samples.png"]
+    assert "mgm_samples.png" in capsys.readouterr().out
+
+
 def test_data_parallel_trial_with_two_workers(first_run):
     """Two Ray Train workers (DDP over gloo) in one trial: prepare_model / prepare_data_loader,
     metrics all-reduced over the split, and the trial still completes on a 2-CPU machine."""

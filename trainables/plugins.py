@@ -14,7 +14,7 @@ seed), passed explicitly instead of guessed from constructor signatures.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, Mapping, Optional
+from typing import Any, ClassVar, Dict, Mapping, Optional, Tuple
 
 from trainables.schema import ConfigError, from_plain, to_plain
 
@@ -142,16 +142,33 @@ class RegulariserInfo:
             regulariser); the plan refuses it on an architecture without one.
         needs_teachers: the study's cached single-task networks of each task, trained on the
             same labels, as frozen teachers (MuST's pseudo-labels).
+        extra_labels: labels the training split must load besides the model's tasks' (MGM's
+            image-level "scene" label); they reach ``batch["targets"]`` / ``batch["mask"]`` but
+            no loss of the model. The plan checks that the dataset offers them.
+        needs_model: the bare model is handed over before training (``Regulariser.attach``), to
+            run its encoder on images of the regulariser's own (augmented views, generated
+            images); like ``needs_features`` the step then bypasses DDP and averages itself.
+        weak_stream: a second stream of training batches, cycled, of the images that keep no
+            label of the model's tasks (MGM_r's weakly labelled real images); it is handed to
+            ``update`` and ``extend_batch``.
     """
 
     views: int = 1
     needs_features: bool = False
     needs_teachers: bool = False
+    extra_labels: Tuple[str, ...] = ()
+    needs_model: bool = False
+    weak_stream: bool = False
 
     def summary(self) -> str:
         parts = [f"{self.views} views" if self.views > 1 else "one view"]
         parts += [text for flag, text in ((self.needs_features, "needs the shared features"),
-                                          (self.needs_teachers, "needs single-task teachers")) if flag]
+                                          (self.needs_teachers, "needs single-task teachers"),
+                                          (self.needs_model, "runs the model's encoder itself"),
+                                          (self.weak_stream, "reads the images without dense labels"))
+                  if flag]
+        if self.extra_labels:
+            parts.append(f"needs label(s) {', '.join(self.extra_labels)}")
         return "; ".join(parts)
 
 

@@ -37,6 +37,10 @@ class Regularised:
     def needs_features(self) -> bool:
         return any(r.info.needs_features for r in self.modules)
 
+    @property
+    def needs_model(self) -> bool:
+        return any(r.info.needs_model for r in self.modules)
+
     def own_parameters(self) -> List[nn.Parameter]:
         return [p for r in self.modules for p in r.parameters() if p.requires_grad]
 

@@ -151,7 +151,7 @@ def _loss_level(model: nn.Module, balancer: Balancer, tasks, batch, session: Ses
     features = None
     # DDP is bypassed when the model runs once per task or its features are needed: the step
     # then averages the gradients itself
-    bypass = net.info.forward_per_task or regs.needs_features
+    bypass = net.info.forward_per_task or regs.needs_features or regs.needs_model
     if regs.needs_features:
         z = net.encode(x)
         out_all = net.decode(z, x.shape[-2:])

@@ -13,7 +13,7 @@ import math
 import os
 import random
 import time
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, List, Mapping
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from trainables.build import (
     build_regularisers,
     build_tasks,
     primary_directions,
+    regulariser_info,
 )
 from trainables.config import TrialConfig
 from trainables.delta import delta_m
@@ -119,11 +120,25 @@ def fit(cfg: TrialConfig, session: Session) -> Dict[str, Any]:
     seed_everything(cfg.seed + 1000 * session.rank)
     tasks = build_tasks(cfg.dataset, cfg.tasks, cfg.auxiliary_tasks)
     directions = primary_directions(tasks)  # auxiliary tasks are trained and logged, not scored
-    train_set = build_dataset(cfg.dataset, cfg.data_root, "train", cfg.tasks, augment=True)
+    reg_needs = [regulariser_info(ref) for ref in cfg.regularisers]
+    # labels some regulariser reads besides the model's tasks' (MGM's scene label)
+    extra_labels = [t for t in dict.fromkeys(t for n in reg_needs for t in n.extra_labels) if t not in cfg.tasks]
+    train_set = build_dataset(cfg.dataset, cfg.data_root, "train", list(cfg.tasks) + extra_labels, augment=True)
+    weak_set = None
     if cfg.label_file:  # partially labelled MTL: drop the labels the study's label file removes
-        from trainables.datasets.partial import LabelMasked
+        from trainables.datasets.partial import LabelMasked, load_label_mask, split_unlabelled
 
         train_set = LabelMasked.from_file(train_set, cfg.label_file, cfg.tasks)
+        drop = load_label_mask(cfg.label_file)[2].get("unlabelled", "keep") == "drop"
+        if drop or any(n.weak_stream for n in reg_needs):
+            # images with no label of the model's tasks: out of the main loader ("drop", MGM's
+            # ST/MT train on the labelled share only), and the weak stream of a regulariser
+            labelled_set, weak_set = split_unlabelled(train_set, cfg.tasks)
+            if drop:
+                train_set = labelled_set
+    if any(n.weak_stream for n in reg_needs) and not (weak_set is not None and len(weak_set)):
+        raise ValueError("a regulariser reads the images without dense labels (weak_stream), but this training "
+                         "split has none: give the study labels with unlabelled_fraction > 0")
     meta_set = None
     balancer_needs = balancer_info(cfg.balancer)
     if balancer_needs.needs_meta_batch:  # bilevel balancers: a meta split carved out of TRAIN, never val
@@ -152,9 +167,15 @@ def fit(cfg: TrialConfig, session: Session) -> Dict[str, Any]:
     model = model.to(session.device)
     balancer = build_balancer(cfg.balancer, cfg.tasks, cfg.context).to(session.device)
     regularisers = regularisers.to(session.device)
+    image_hw = tuple(train_set[0]["image"].shape[-2:]) if len(regularisers) else None
+    label_tasks = build_tasks(cfg.dataset, extra_labels)
+    for reg in regularisers:
+        reg.attach(model, session, image_hw, label_tasks)
     # the components table: what trains besides the model (optimiser groups with their rate
-    # multipliers, checkpoint keys; the step averages their gradients over workers)
+    # multipliers, checkpoint keys; the step averages their gradients over workers), then the
+    # regularisers' own optimisers (MGM's generator and discriminator), checkpointed alike
     components = {"balancer": balancer, "regularisers": regularisers}
+    own_optimizers = {f"{i}/{name}": opt for i, reg in enumerate(regularisers) for name, opt in reg.optimizers().items()}
     per_worker_batch = max(1, cfg.batch_size // session.world_size)
     generator = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(train_set, batch_size=per_worker_batch, shuffle=True, drop_last=True, generator=generator)
@@ -166,6 +187,13 @@ def fit(cfg: TrialConfig, session: Session) -> Dict[str, Any]:
         meta_loader = DataLoader(meta_set, batch_size=per_worker_batch, shuffle=True, drop_last=False,
                                  generator=torch.Generator().manual_seed(cfg.seed + 1 + session.rank))
         meta_batches = cycle(meta_loader)
+    weak_batches = None
+    if any(n.weak_stream for n in reg_needs):
+        from trainables.meta import cycle
+
+        weak_loader = DataLoader(weak_set, batch_size=per_worker_batch, shuffle=True, drop_last=False,
+                                 generator=torch.Generator().manual_seed(cfg.seed + 2 + session.rank))
+        weak_batches = cycle(weak_loader)
     steps = len(loader) if cfg.max_steps_per_epoch is None else min(len(loader), cfg.max_steps_per_epoch)
     if steps == 0:
         raise ValueError(f"batch_size {cfg.batch_size} exceeds the {len(train_set)} training samples")
@@ -185,6 +213,8 @@ def fit(cfg: TrialConfig, session: Session) -> Dict[str, Any]:
         for key, component in components.items():
             component.load_state_dict(state[key])
         optimizer.load_state_dict(state["optimizer"])
+        for key, own in own_optimizers.items():
+            own.load_state_dict(state["own_optimizers"][key])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, last = state["epoch"] + 1, state.get("metrics", {})
     model = session.prepare_model(model)
@@ -207,7 +237,13 @@ def fit(cfg: TrialConfig, session: Session) -> Dict[str, Any]:
                 break
             batch = to_device(batch, session.device)
             meta = to_device(next(meta_batches), session.device) if meta_batches is not None else None
+            weak = to_device(next(weak_batches), session.device) if weak_batches is not None else None
+            own_logs: Dict[str, float] = {}
+            for reg in regularisers:  # the components' own updates, then the samples they add
+                own_logs.update(reg.update(batch, weak, epoch))
+                batch = reg.extend_batch(batch, weak, epoch)
             losses = training_step(model, balancer, tasks, batch, optimizer, session, regularisers, meta)
+            losses.update({f"reg/{k}": v for k, v in own_logs.items()})
             scheduler.step()
             for i, name in enumerate(cfg.tasks):
                 if name in losses:
@@ -240,7 +276,31 @@ def fit(cfg: TrialConfig, session: Session) -> Dict[str, Any]:
         bare = model.module if hasattr(model, "module") else model
         state = {"model": bare.state_dict(), **{k: c.state_dict() for k, c in components.items()},
                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "own_optimizers": {k: o.state_dict() for k, o in own_optimizers.items()},
                  "epoch": epoch, "metrics": report, "config": cfg.to_dict()}
         session.report(report, state=state)
         last = report
     return last
+
+
+def regulariser_artifacts(checkpoint: str, folder: str, stem: str, num_images: int = 64) -> List[str]:
+    """The files the regularisers of a trained state write for the user (``Regulariser.artifacts``,
+    e.g. MGM's grid of generated images), from ``num_images`` validation samples, on the CPU."""
+    from torch.utils.data import default_collate
+
+    state = load_state(checkpoint)
+    cfg = TrialConfig.from_dict(state["config"])
+    if not cfg.regularisers:
+        return []
+    tasks = build_tasks(cfg.dataset, cfg.tasks, cfg.auxiliary_tasks)
+    extra = list(dict.fromkeys(t for r in cfg.regularisers for t in regulariser_info(r).extra_labels if t not in cfg.tasks))
+    val_set = build_dataset(cfg.dataset, cfg.data_root, "val", list(cfg.tasks) + extra)
+    batch = default_collate([val_set[i] for i in range(min(num_images, len(val_set)))])
+    model = build_model(tasks, cfg.model)
+    model.load_state_dict(state["model"])
+    regularisers = build_regularisers(cfg.regularisers, tasks, cfg.context)
+    for reg in regularisers:
+        reg.attach(model, Session(device=torch.device("cpu")), tuple(batch["image"].shape[-2:]),
+                   build_tasks(cfg.dataset, extra))
+    regularisers.load_state_dict(state["regularisers"])
+    return [path for reg in regularisers for path in reg.artifacts(batch["image"], batch["targets"], folder, stem)]

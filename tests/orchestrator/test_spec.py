@@ -49,7 +49,7 @@ def test_structural_errors_name_the_field(changes, message):
      r"^experiments\[0\].balancer.params: .*unknown tasks \['flow'\]"),
     ({"experiments": [{"name": "m", "balancer": {"name": "fixed", "params": {"temperature": 2}}}]},
      r"^experiments\[0\].balancer.params: balancer 'fixed'.temperature: unknown key; accepted here: weights$"),
-    ({"search": {"optimizers": ["sgd"], "lrs": [2e-4]}}, r"^search: the filters select none"),
+    ({"search": {"schedulers": []}}, r"^search: the filters select none"),
     ({"dataset": {"name": "synthetic", "labels": {"setting": "onelabels"}}},
      r"^dataset.labels.setting: unknown setting 'onelabels'; valid settings: full, onelabel, "),
     ({"dataset": {"name": "synthetic", "labels": {"settings": "onelabel"}}},

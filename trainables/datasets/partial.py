@@ -13,6 +13,11 @@ Annotated Data", CVPR 2022) and JTR (seeds/001_..., Sec. 4.1 and 4.4), for K tas
                   as a uniformly random subset (needs K >= 2).
     unlabelled_fraction in [0, 1): JTR Sec. 4.4 - that share of images (round(f * N), chosen at
                   random) keeps no label at all; the rest follow the setting.
+    unlabelled    "keep" (default) or "drop": what the train loop does with the images that keep
+                  no label of the study's tasks - keep them in the batches (JTR's and MTPSL's
+                  regularisers read them), or leave them out of the main loader (MGM Sec. 4: ST and
+                  MT train on the labelled share only; its weakly labelled images come back
+                  through a regulariser's ``weak_stream``). Stored in the mask file's meta.
 Everything is drawn from ``numpy.random.default_rng(seed)``.
 
 MTPSL and JTR ship their masks as ``{'labels_weights': FloatTensor[N, K]}`` .pth files (row i =
@@ -28,6 +33,9 @@ training split. A weights file has one row per image of the *official* training 
 our "train" split holds part of it out as "val"; such a mask is saved with
 ``meta["rows"] = "source"`` and ``LabelMasked`` picks row ``dataset.source_indices[i]`` for item
 i (the real-data loaders expose ``source_indices``).
+
+``split_unlabelled`` parts a masked split into the items that keep some of the given tasks'
+labels and those that keep none (MGM's weakly labelled images, which keep only the scene label).
 """
 from __future__ import annotations
 
@@ -39,12 +47,14 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from torch.utils.data import Subset
 
 from trainables.atomic import atomic_write
 
 SETTINGS = ("full", "onelabel", "randomlabels", "halflabels")
-SETTING_KEYS = ("setting", "seed", "unlabelled_fraction")
-WEIGHTS_KEYS = ("weights_file", "tasks")
+SETTING_KEYS = ("setting", "seed", "unlabelled_fraction", "unlabelled")
+WEIGHTS_KEYS = ("weights_file", "tasks", "unlabelled")
+UNLABELLED = ("keep", "drop")
 FORMAT_VERSION = 1
 
 
@@ -140,6 +150,8 @@ def check_labels(labels: Mapping, task_names: Sequence[str]) -> None:
     of rows against the training split is checked by ``materialize``, which knows the split.
     """
     labels = dict(labels)
+    if labels.get("unlabelled", "keep") not in UNLABELLED:
+        raise ValueError(f"labels.unlabelled: {labels['unlabelled']!r} is not one of {', '.join(UNLABELLED)}")
     if "weights_file" in labels:
         _known_keys(labels, WEIGHTS_KEYS)
         try:
@@ -193,6 +205,8 @@ def materialize(study_dir: str, num_train: int, task_names: list, labels: Mappin
         meta = {"setting": setting, "seed": seed, "unlabelled_fraction": float(fraction),
                 "num_samples": int(num_train), "tasks": columns, "rows": "items"}
         name = setting
+    if labels.get("unlabelled", "keep") != "keep":  # the loader differs, so the file (and every cache key) does
+        meta["unlabelled"] = labels["unlabelled"]
     key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:12]
     path = os.path.join(study_dir, "labels", f"{name}-{key}.npz")
     try:
@@ -261,3 +275,33 @@ class LabelMasked(torch.utils.data.Dataset):
             if task in keep:
                 keep[task] = keep[task] & row[j]
         return {**item, "mask": keep}
+
+
+def split_unlabelled(dataset: LabelMasked, tasks: Sequence[str]) -> Tuple[Subset, Subset]:
+    """The items of ``dataset`` that keep the label of at least one of ``tasks``, and those that
+    keep none - MGM's fully and weakly labelled images (Bao et al., ICML 2022: dense labels on
+    100 / 50 / 25 / 10 % of the training set, the image-level scene label on every image). An
+    unlabelled item still serves the tasks outside ``tasks`` (e.g. scene) with their own mask.
+
+    Decided from the label mask alone, without reading an item: an item whose wrapped dataset
+    lacks a label anyway (a missing file) counts as labelled if its mask row keeps the label.
+
+    Args:
+        dataset: the label-masked training split.
+        tasks: the tasks that make an item labelled, a subset of ``dataset.tasks``.
+    Returns:
+        (labelled, unlabelled): ``torch.utils.data.Subset``s of ``dataset``, in item order.
+    """
+    if not isinstance(dataset, LabelMasked):
+        raise TypeError(f"split_unlabelled: a LabelMasked dataset expected, got {type(dataset).__name__}; "
+                        f"wrap the training split with LabelMasked (or LabelMasked.from_file) first")
+    tasks = list(tasks)
+    missing = [t for t in tasks if t not in dataset.tasks]
+    if not tasks or missing:
+        raise ValueError(f"split_unlabelled: tasks must be a non-empty subset of the mask's tasks {dataset.tasks}; "
+                         f"got {tasks}")
+    columns = [dataset.tasks.index(t) for t in tasks]
+    keeps = dataset.mask[torch.tensor(dataset.rows, dtype=torch.long)][:, columns].any(dim=1).tolist()
+    labelled = [i for i, k in enumerate(keeps) if k]
+    unlabelled = [i for i, k in enumerate(keeps) if not k]
+    return Subset(dataset, labelled), Subset(dataset, unlabelled)
