@@ -11,6 +11,7 @@ trials on two CPUs deadlock, each driver holding a CPU its workers wait for).
 from __future__ import annotations
 
 import math
+import os
 import re
 from typing import Any, Dict, List
 
@@ -113,6 +114,11 @@ def run_experiment(exp: Experiment, search: SearchSpec, resources: ResourcesSpec
     if search.asha:
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=exp.base.epochs,
                                   grace_period=search.grace_period, reduction_factor=search.reduction_factor)
+    if not verbose:  # Tune's new console prints a box, a results path and a TensorBoard path per
+        # experiment even at verbose 0 (the path is an ephemeral session folder); the legacy output is silent
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    else:
+        os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
     tuner = tune.Tuner(
         trainable,
         param_space=param_space,
