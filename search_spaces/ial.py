@@ -1,4 +1,4 @@
-"""The IAL study (Impartial Auxiliary Learning; seeds/002_...): its tables as presets, 5 seeds each.
+"""The IAL study (Li et al., "Unprejudiced Training Auxiliary Tasks Makes Primary Better"): its tables as presets, 5 seeds each.
 
 Table I compares, on the MTL baseline (dilated ResNet-50 + DeepLab-like heads), the "Normal"
 (multi-task) weighting methods - uniform, uncertainty, GradNorm, DWA, MGDA, PCGrad, RLW-Normal,

@@ -3,7 +3,7 @@
 FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on one forward pass, which
 counts 2 FLOPs per multiply-accumulate (convolutions, matmuls, attention; element-wise ops,
 pooling, BN and interpolation are not counted). The survey's FLOPS column counts
-multiply-accumulates (PAPER_NOTES.md: a dilated ResNet-50 encoder at 480 x 640 is "116.8 G"),
+multiply-accumulates (a dilated ResNet-50 encoder at 480 x 640 is 116.8 G, as Table 3 counts),
 so the product reports **"FLOPS (G)" = macs / 1e9**, like the survey, and "#P (M)" =
 count_parameters / 1e6.
 

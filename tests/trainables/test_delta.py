@@ -1,7 +1,7 @@
 """Delta_m (survey Eq. 10) reproduces the survey's printed values from their metric columns.
 
 The tables print rounded metrics, so recomputed values match to about 0.15 points
-(PAPER_NOTES.md); rows that do not reproduce at all (Table 9's MTL baseline, Table 11c) are
+(Eq. 10 on the printed, rounded columns); rows that do not reproduce at all (Table 9's MTL baseline, Table 11c) are
 not used.
 """
 import pytest

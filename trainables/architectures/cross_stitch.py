@@ -44,7 +44,7 @@ Deviations, from the paper and from the survey code:
     - With T > 2 tasks the init is still alpha / beta (not renormalised to sum to 1), as in the
       survey code (0.8 + 4 * 0.05 = 1 on PASCAL's five tasks is a choice of values, not a rule).
     - The survey code's optimiser overwrites the units' 100 x rate with the base rate from the
-      first epoch (PAPER_NOTES.md); here ``param_groups`` keeps it for the whole run.
+      first epoch (a known defect of that code); here ``param_groups`` keeps it for the whole run.
     - The survey code asserts SGD for this model; here the optimiser is the trial's choice.
     - Stride-4 skip features for DeepLab-v3+ heads (the survey code has no such head here).
 """

@@ -36,7 +36,7 @@ Hyper-parameters:
 
 Deviations, from the paper and from the survey code:
     - The survey code's optimiser overwrites the layers' 100 x rate with the base rate from the
-      first epoch (PAPER_NOTES.md); here ``param_groups`` keeps it for the whole run.
+      first epoch (a known defect of that code); here ``param_groups`` keeps it for the whole run.
     - The survey code asserts SGD for this model; here the optimiser is the trial's choice.
     - Stride-4 skip features for DeepLab-v3+ heads (the survey code has no such head here).
 """

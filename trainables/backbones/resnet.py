@@ -16,7 +16,7 @@ Built from torchvision's ``ResNet`` class (BasicBlock [2, 2, 2, 2], Bottleneck [
 [3, 4, 6, 3]; torchvision has no resnet26 constructor) with the classification tail (avgpool,
 fc) dropped, weights randomly initialised unless asked for (never a download while building):
     resnet18 11.18 M, resnet26 13.95 M, resnet50 23.51 M parameters; dilated, the ResNet-50
-    does 116.8 G multiply-accumulates at 480 x 640 (PAPER_NOTES.md).
+    does 116.8 G multiply-accumulates at 480 x 640 (so the survey's Table 3 FLOPS).
 
 Stages: ``[stem (conv1, bn1, relu, maxpool), layer1, layer2, layer3, layer4]``
     resnet18 stage_channels [64, 64, 128, 256, 512]

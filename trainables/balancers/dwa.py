@@ -5,7 +5,7 @@ Eq. (1); the survey's Eq. (8) (Vandenhende et al., TPAMI 2021):
     w_i(t) = N exp(r_i(t-1) / T) / sum_n exp(r_n(t-1) / T),   r_n(t-1) = L_n(t-1) / L_n(t-2),
 with N the number of tasks and T the temperature.
 
-Choices (as the MTAN reference code; see PAPER_NOTES): t counts epochs and L_n(t) is the mean
+Choices (as the MTAN reference code, github.com/lorenmt/mtan): t counts epochs and L_n(t) is the mean
 training loss of task n over epoch t (the train loop passes it to ``on_epoch_end``); the
 weights are 1 during the first two epochs, when L(t-2) does not exist yet. The epoch mean of a
 task averages the batches that labelled it (partially labelled data); a task with no labelled

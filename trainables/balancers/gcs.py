@@ -13,7 +13,7 @@ gated out). With several auxiliary tasks each is gated by its own cosine with th
 Both points as in the public re-implementation in AvivNavon/AuxiLearn
 (``experiments/weight_methods.py``, ``GradCosine``, unweighted, cos > 0); the paper's own
 text could not be read here (only its abstract and summaries), so its exact pseudo-code
-(> 0 or >= 0, the head update) is not checked. IAL (shared/seeds/002_..., Sec. II) describes
+(> 0 or >= 0, the head update) is not checked. IAL (Li et al., "Unprejudiced Training Auxiliary Tasks Makes Primary Better", Sec. II) describes
 GCS as the "hard" gating and does not name a variant, so "unweighted" is the default.
 
 Implementation: the cosines are read off the Gram matrix G G^T, so the direction is an exact

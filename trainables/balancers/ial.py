@@ -1,6 +1,6 @@
 """IAL: impartial auxiliary learning - uncertainty-trained decoders, primary-dominated encoder.
 
-Impartial Auxiliary Learning (``shared/seeds/002_...``, Sec. III-C), for a study with one
+Impartial Auxiliary Learning (Li et al., "Unprejudiced Training Auxiliary Tasks Makes Primary Better: A Multi-Task Learning Perspective", Sec. III-C), for a study with one
 primary task and auxiliary tasks T_aux:
     decoder stage (Eq. 3-5): every head and its uncertainty sigma_t follow
         L_dec = sum_t 1 / (2 sigma_t^2) L_t + log sigma_t,

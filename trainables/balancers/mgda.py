@@ -16,7 +16,7 @@ Variants (``variant``):
 
 Gradient normalisation before solving (``normalization``, the original code's
 ``gradient_normalizers``): "none", "l2" (g / ||g||), "loss" (g / L), "loss+" (g / (L ||g||)).
-Default "loss+" as the original code (some libraries default to "none"; see PAPER_NOTES).
+Default "loss+" as the original code (some libraries, e.g. LibMTL, default to "none").
 As in the original code, the normalisation only changes alpha: the update is
 sum_t alpha_t * (raw g_t), i.e. the gradient of sum_t alpha_t L_t.
 

@@ -9,7 +9,7 @@ We learn s_i = log sigma_i^2 (stable, unconstrained), so each task contributes
 With the losses held fixed the minimiser is exp(s_i) = L_i (regression form) or 2 L_i
 (classification form), i.e. sigma_i^2 tracks the task's loss level.
 
-Choice: the common implementation (MTAN, Auto-Lambda; see PAPER_NOTES) uses the regression
+Choice: the common implementation (MTAN, Auto-Lambda: L / (2 exp(s)) + s / 2, s = log sigma^2) uses the regression
 form for every task, including cross-entropy ones; so does the survey's Eq. 6 as printed. That
 is the default; ``classification_tasks`` switches chosen tasks to the paper's classification form.
 

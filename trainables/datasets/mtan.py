@@ -3,7 +3,7 @@ and Auto-Lambda, and Auto-Lambda's CityScapes with part segmentation (IAL Table 
 
 Liu, Johns and Davison, "End-to-End Multi-Task Learning with Attention", CVPR 2019 (MTAN; code
 lorenmt/mtan, ``create_dataset.py``); Li, Liu and Bilen, "Learning Multiple Dense Prediction
-Tasks from Partially Annotated Data", CVPR 2022 (MTPSL); JTR (seeds/001_...). On disk:
+Tasks from Partially Annotated Data", CVPR 2022 (MTPSL); JTR (Nishi et al., CVPR 2024). On disk:
 
     <root>/{train,val}/image/<i>.npy    H x W x 3 float in [0, 1]
     <root>/{train,val}/label/<i>.npy    H x W float in {-1, 0..C-1}; -1 = ignore -> 255

@@ -1,7 +1,7 @@
 """Partially labelled multi-task data: which task labels each training image keeps.
 
 Settings of MTPSL (Li, Liu and Bilen, "Learning Multiple Dense Prediction Tasks from Partially
-Annotated Data", CVPR 2022) and JTR (seeds/001_..., Sec. 4.1 and 4.4), for K tasks:
+Annotated Data", CVPR 2022) and JTR (Nishi et al., CVPR 2024, Sec. 4.1 and 4.4), for K tasks:
     full          every image keeps every label.
     onelabel      "each example has exactly one label for a randomly chosen task"; here the
                   tasks are dealt out balanced (counts differ by at most one) in random order.

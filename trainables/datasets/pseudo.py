@@ -1,6 +1,6 @@
 """Pseudo-tasks: extra tasks whose labels are low-quality copies of a real task's, or precomputed.
 
-IAL (seeds/002_..., Sec. IV-D, Tables IV-VI) adds "pseudo tasks" as auxiliary tasks: labels
+IAL (Li et al., "Unprejudiced Training Auxiliary Tasks Makes Primary Better", Sec. IV-D, Tables IV-VI) adds "pseudo tasks" as auxiliary tasks: labels
 predicted by large pre-trained models (80-class COCO segmentation with pixels under a score of
 0.5 ignored, 1000-class ImageNet classification), noisy but informative, to test how a weighting
 method copes with interfering auxiliary tasks. Such labels can be brought as files (``folder``);

@@ -15,7 +15,7 @@ layout of the survey code's ``DeepLabHead``:
     3x3 conv ``channels`` -> ``channels`` (no bias) + BN + ReLU
     1x1 conv ``channels`` -> out_channels (with bias): the task output
 
-Size check against the survey (PAPER_NOTES.md: 16.13 M params, 74.9 G MACs on the 2048-channel,
+Size check against the survey (Table 3: 16.13 M params, 74.9 G MACs on the 2048-channel,
 60 x 80 output of a dilated ResNet-50 for NYUD-v2 at 480 x 640, 40 classes):
     params = 2048*256 (1x1) + 3 * 2048*256*9 (atrous) + 2048*256 (pool) + 1280*256 (project)
              + 256*256*9 (3x3) + 7 BN * 2*256 + 256*40 + 40
