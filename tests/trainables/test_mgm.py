@@ -255,3 +255,13 @@ def test_a_trained_state_writes_its_sample_grid(tmp_path):
     width, height = Image.open(paths[0]).size
     # 16 val images hold at least two scene classes; one row of real and one of generated images each
     assert height > 2 * 32 and width >= 32
+
+
+def test_mgm_folder_scores_depth_by_mean_absolute_error_as_mgm_table_2():
+    from trainables.tasks.depth import Depth
+
+    tasks = build_tasks(Plugin("mgm_folder"), ["semseg", "depth", "normals"])
+    assert [tasks[t].primary_metric for t in ("semseg", "depth", "normals")] == ["miou", "l1", "mean_angle"]
+    assert Depth().primary_metric == "rmse"  # the survey's, elsewhere
+    with pytest.raises(ValueError, match="depth: primary must be one of 'rmse', 'l1', 'abs_rel', got 'mae'"):
+        Depth(primary="mae")

@@ -31,8 +31,11 @@ Hyper-parameters (``DepthParams``):
         one, e.g. Cityscapes); only the zoom rule depends on it.
     eval_clamp (float >= 0 or None, default 1e-9, the survey's): value that replaces
         predictions <= 0 in the metrics; None disables the clamp.
+    primary ("rmse" | "l1" | "abs_rel", default "rmse"): the primary metric (Delta_m, model
+        selection, the table's column); a dataset whose paper reports another sets it, e.g. MGM's
+        mean absolute error ("l1") on its NYUv2.
 
-Primary metric: ``rmse``, lower is better.
+Primary metric: ``primary`` (``rmse`` by default), lower is better.
 """
 from __future__ import annotations
 
@@ -47,6 +50,9 @@ from trainables.registry import register_task
 from trainables.tasks.masked import MaskedDense
 
 
+PRIMARY = ("rmse", "l1", "abs_rel")
+
+
 @dataclass(frozen=True)
 class DepthParams:
     """Parameters of ``depth`` (see the module docstring)."""
@@ -54,8 +60,11 @@ class DepthParams:
     min_depth: float = 0.0
     disparity: bool = False
     eval_clamp: Optional[float] = 1e-9
+    primary: str = "rmse"
 
     def __post_init__(self) -> None:
+        if self.primary not in PRIMARY:
+            raise ValueError(f"depth: primary must be one of {', '.join(map(repr, PRIMARY))}, got {self.primary!r}")
         if not _finite(self.min_depth) or self.min_depth < 0:
             raise ValueError(f"depth: min_depth must be a finite float >= 0, got {self.min_depth!r}")
         if not isinstance(self.disparity, bool):
@@ -76,6 +85,10 @@ class Depth(MaskedDense):
     primary_metric = "rmse"
     higher_is_better = False
     ignore_value = 0.0  # invalid for every min_depth >= 0
+
+    def __init__(self, name: Optional[str] = None, params=None, **kwargs):
+        super().__init__(name, params, **kwargs)
+        self.primary_metric = self.params.primary  # per instance: the dataset chooses (module docstring)
 
     @property
     def out_channels(self) -> int:
