@@ -1,19 +1,35 @@
-"""The ``mtl`` command: run studies, report results, list plug-ins."""
+"""The ``mtl`` command: run (or plan) studies, report results, list plug-ins, print the spec reference."""
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
+import tempfile
 from typing import List, Optional
+
+from orchestrator.plots import add_plot_parser, plot_main
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mtl", description="Multi-task learning studies on Ray.")
+    p = argparse.ArgumentParser(prog="mtl", description="Multi-task learning studies on Ray.",
+                                **_examples("mtl run                          # the quickstart study",
+                                            "mtl report mtl_runs/quickstart   # its table again",
+                                            "mtl list                         # plug-ins and presets",
+                                            "mtl run --help                   # a command's options and examples"))
+    p.add_argument("--version", action="version", version=f"mtl {version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run a study (a preset name or a YAML spec); default: quickstart")
+    run = _command(sub, "run", "run a study (a preset name or a YAML spec); default: quickstart",
+                   "mtl run                                  # the quickstart preset, ~3 minutes on 2 CPUs",
+                   "mtl run quickstart --dry-run             # the plan: trials, cached baselines, trial-epochs",
+                   "mtl run balancing_synthetic --smoke      # any preset shrunk to a minute or so",
+                   "mtl run survey_nyud --data-root /data/NYUD_MT --gpus-per-worker 1 --storage /nfs/mtl_runs")
     run.add_argument("study", nargs="?", default="quickstart", help="preset name or path to a spec .yaml")
     run.add_argument("--smoke", action="store_true", help="shrink data, epochs and grid: same code, ~2 minutes")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the plan (trials, baselines cached or missing, trial-epochs) and exit; "
+                          "nothing is trained, Ray is not started")
     run.add_argument("--storage", default=None, help="results root (default ./mtl_runs; an NFS path on a cluster)")
     run.add_argument("--data-root", default=None, help="dataset root on disk (real datasets)")
     run.add_argument("--epochs", type=int, default=None, help="override train.epochs")
@@ -21,34 +37,72 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per Train worker (0 on CPU)")
     run.add_argument("--verbose", action="store_true", help="Tune's own status tables too")
 
-    rep = sub.add_parser("report", help="print the survey-style table of a results file or study dir")
+    rep = _command(sub, "report", "print the survey-style table of a results file or study dir",
+                   "mtl report mtl_runs/quickstart                             # markdown, as after a run",
+                   "mtl report mtl_runs/quickstart --format latex > table.tex  # booktabs, compiles as printed",
+                   "mtl report mtl_runs/quickstart --format csv > table.csv    # numbers at full precision",
+                   "mtl report mtl_runs/quickstart/results.parquet --times     # training time per run")
     rep.add_argument("results", help="results.parquet or a study directory")
     rep.add_argument("--format", default="markdown", choices=("markdown", "csv", "latex"))
     rep.add_argument("--times", action="store_true",
                      help="the training-time table instead (IAL Table II: seconds per run, x the single-task networks)")
+    add_plot_parser(sub)
 
-    models = sub.add_parser("models", help="every model of a study with #P and FLOPS at its real input size "
-                                           "(nothing is trained; paper columns when the preset reproduces a table)")
+    models = _command(sub, "models", "every model of a study with #P and FLOPS at its real input size "
+                                     "(nothing is trained; paper columns when the preset reproduces a table)",
+                      "mtl models quickstart", "mtl models survey_nyud                   # beside the paper's columns")
     models.add_argument("study", help="preset name or path to a spec .yaml")
 
-    group = sub.add_parser("group", help="run only a study's task-grouping searches (training the single-task "
-                                         "baselines they need): affinities, trees, #P / FLOPS, PNGs")
+    group = _command(sub, "group", "run only a study's task-grouping searches (training the single-task "
+                                   "baselines they need): affinities, trees, #P / FLOPS, PNGs",
+                     "mtl group survey_cityscapes_synthetic --smoke",
+                     "mtl group survey_cityscapes --data-root /data/cityscapes --storage /nfs/mtl_runs")
     group.add_argument("study", help="preset name or path to a spec .yaml")
     group.add_argument("--smoke", action="store_true", help="shrink data and epochs like mtl run --smoke")
     group.add_argument("--storage", default=None, help="results root (default ./mtl_runs)")
     group.add_argument("--data-root", default=None, help="dataset root on disk (real datasets)")
 
-    data = sub.add_parser("data", help="dataset tools")
+    data = _command(sub, "data", "dataset tools", "mtl data check --dataset synthetic")
     data_sub = data.add_subparsers(dest="data_command", required=True)
-    chk = data_sub.add_parser("check", help="check a dataset on disk; prints a JSON summary")
+    chk = _command(data_sub, "check", "check a dataset on disk; prints a JSON summary",
+                   "mtl data check --dataset synthetic      # renders the synthetic cache once, then checks it",
+                   "mtl data check --dataset nyud --root /data/NYUD_MT")
     chk.add_argument("--dataset", required=True, help="registered dataset name (mtl list dataset)")
     chk.add_argument("--root", default=None, help="the dataset's root folder")
     chk.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="dataset parameter")
 
-    lst = sub.add_parser("list", help="list registered plug-ins (and presets)")
+    lst = _command(sub, "list", "list registered plug-ins (and presets)",
+                   "mtl list", "mtl list balancer", "mtl list preset")
     lst.add_argument("kind", nargs="?", default=None,
                      help="dataset, task, backbone, head, architecture, balancer, grouping, preset")
+
+    _command(sub, "spec-doc", "print the study spec reference (every field, type, default, meaning) as markdown",
+             "mtl spec-doc > docs/spec.md")
     return p
+
+
+def _examples(*lines: str) -> dict:
+    """argparse keywords that end a --help with ``lines`` as examples, printed as written."""
+    return {"epilog": "examples:\n" + "\n".join(f"  {line}" for line in lines),
+            "formatter_class": argparse.RawDescriptionHelpFormatter}
+
+
+def _command(sub, name: str, text: str, *examples: str) -> argparse.ArgumentParser:
+    """A subcommand whose --help starts with ``text`` and ends with ``examples``."""
+    return sub.add_parser(name, help=text, description=text, **_examples(*examples))
+
+
+def version() -> str:
+    """The installed package's version, else pyproject.toml's (a checkout that is not installed)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("mtl-orchestrator")
+    except metadata.PackageNotFoundError:
+        pyproject = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pyproject.toml")
+        with open(pyproject) as fh:
+            found = re.search(r'^version\s*=\s*"([^"]+)"', fh.read(), re.MULTILINE)
+        return found.group(1) if found else "unknown"
 
 
 def _load(study: str):
@@ -86,13 +140,40 @@ def _override(spec, args):
         raise SpecError(f"{err} (set by {', '.join(flags)})" if flags else str(err)) from None
 
 
+def check_storage(storage: str, study: str) -> None:
+    """Before Ray starts: the study's folder under ``storage`` can be created and written, else
+    one ``SpecError`` line naming the path (a read-only or non-creatable ``--storage``). Nothing is
+    left behind: an unnamed temporary file in the deepest folder of the path that exists."""
+    from orchestrator.spec import SpecError
+
+    if "://" in storage:  # an object store: refused by the study's prepare, in its own words
+        return
+    folder = os.path.join(os.path.abspath(os.path.expanduser(storage)), study)
+    existing = folder
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    try:
+        if not os.path.isdir(existing):
+            raise NotADirectoryError(20, f"{existing} is a file")
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise SpecError(f"--storage {storage!r}: cannot create or write the study's folder {folder} "
+                        f"({err.strerror}); give a folder this user can write (--storage)") from None
+
+
 def cmd_run(args) -> int:
+    from orchestrator.baselines import BaselineFailed
     from orchestrator.spec import SpecError
     from orchestrator.study import DEFAULT_STORAGE, run_study
     from trainables.datasets.readers import DataCheckError
 
     try:
         spec = _override(_load(args.study), args)
+        if args.dry_run:
+            print(dry_run(spec, args.storage or DEFAULT_STORAGE, args.smoke))
+            return 0
+        check_storage(args.storage or DEFAULT_STORAGE, spec.name)
         run_study(spec, storage=args.storage or DEFAULT_STORAGE, smoke_run=args.smoke,
                   verbose=1 if args.verbose else 0)
     except SpecError as err:
@@ -101,23 +182,98 @@ def cmd_run(args) -> int:
     except DataCheckError as err:
         print(f"mtl run: dataset check failed: {err}", file=sys.stderr)
         return 2
+    except BaselineFailed as err:
+        print(f"mtl run: study stopped: {err}", file=sys.stderr)
+        return 1
     return 0
+
+
+def dry_run(spec, storage: str, smoke_run: bool) -> str:
+    """``mtl run --dry-run``: the plan of ``spec`` - each experiment's settings x seeds = trials, the
+    single-task baselines cached or missing under ``storage``, the trial-epochs to train.
+
+    Validates like a run (registries, plug-in pairs) but reads no data and starts no Ray.
+    """
+    import dataclasses
+    import glob
+
+    from orchestrator.baselines import load_cached
+    from orchestrator.plan import expand, smoke, validate
+
+    if smoke_run:
+        spec = smoke(spec)
+    info = validate(spec)
+    storage = os.path.abspath(os.path.expanduser(storage))
+    cache_dir = os.path.join(storage, "_cache", "baselines")  # where orchestrator/study.py's prepare keeps it
+    data_root = os.path.abspath(os.path.expanduser(spec.dataset.root)) if spec.dataset.root else None
+    single, multi = expand(spec, info, data_root)
+    label_files: List[Optional[str]] = [None]
+    out = [f"study {spec.name!r}{' [smoke]' if smoke_run else ''}: dry run - nothing is trained, Ray is not started",
+           f"  dataset {spec.dataset.name}, tasks {', '.join(spec.tasks)}; {spec.train.epochs} epoch(s) per trial; "
+           f"{len(single[0].settings)} grid setting(s) x {len(spec.train.seeds)} seed(s) per model"]
+    labels = dict(spec.dataset.labels or {})
+    if labels:  # a baseline's cache key holds the study's label file, written on the first run
+        stem = labels.get("setting") or os.path.splitext(os.path.basename(str(labels.get("weights_file"))))[0]
+        label_files = sorted(glob.glob(os.path.join(storage, spec.name, "labels",
+                                                    re.sub(r"[^A-Za-z0-9_.-]", "_", stem) + "-*.npz")))
+        out.append(f"  partial labels {labels}: baselines looked up under {len(label_files)} label file(s) of "
+                   "earlier runs" + ("" if label_files else " (none yet: every baseline is missing)"))
+    out.append(f"single-task baselines (cache {cache_dir}):")
+    missing = 0
+    for exp in single:
+        configs = exp.trial_configs()
+        cached = sum(any(load_cached(cache_dir, dataclasses.replace(c, label_file=f)) is not None for f in label_files)
+                     for c in configs)
+        missing += len(configs) - cached
+        state = "cached" if cached == len(configs) else "missing" if not cached else f"partly cached ({cached} cached)"
+        out.append(f"  {exp.name:<30} {len(configs)} trial(s): {state}")
+    out.append("experiments:")
+    trials = 0
+    for i, exp in enumerate(multi, 1):
+        what = f"{exp.base.model.architecture.name} + {exp.base.balancer.name}"
+        if exp.weight_search:
+            n = exp.weight_search.num_samples
+            plan = f"Optuna over the task weights, {n} trial(s) on seed {exp.seeds[0]}"
+        else:
+            n = len(exp.settings) * len(exp.seeds)
+            plan = f"{len(exp.settings)} setting(s) x {len(exp.seeds)} seed(s) = {n} trial(s)"
+        trials += n
+        grouping = f"; first a grouping search {exp.grouping.name} (not counted below)" if exp.grouping else ""
+        out.append(f"  {i}/{len(multi)} {exp.name} ({what}): {plan}{grouping}")
+    epochs = spec.train.epochs
+    bound = " at most (ASHA stops some trials early)" if spec.search.asha else ""
+    out.append(f"estimated trial-epochs: {(missing + trials) * epochs}{bound} = {missing} missing baseline trial(s) "
+               f"x {epochs} + {trials} experiment trial(s) x {epochs}")
+    return "\n".join(out)
 
 
 def cmd_report(args) -> int:
     import json
 
-    from orchestrator.report import render, render_times
-    from orchestrator.results import read_rows
+    from orchestrator.report import load_rows, render, render_times
 
     try:
-        rows = read_rows(args.results)
+        rows, skipped = load_rows(args.results)
     except FileNotFoundError as err:
         print(f"mtl report: {err}", file=sys.stderr)
         return 2
+    for line in skipped:
+        print(f"mtl report: skipped {line}", file=sys.stderr)
+    if not rows:
+        print(f"mtl report: no results rows in {args.results}"
+              + (" (every Parquet file there was skipped)" if skipped else ""), file=sys.stderr)
+        return 2
     primary = next((r for r in rows if r["role"] == "multi_task"), None)
     primary_task = json.loads(primary["config_json"]).get("primary_task") if primary else None
-    print(render_times(rows) if args.times else render(rows, fmt=args.format, primary_task=primary_task))
+    text = render_times(rows) if args.times else render(rows, fmt=args.format, primary_task=primary_task)
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return 0
+
+
+def cmd_spec_doc(args) -> int:
+    from orchestrator.spec_doc import render
+
+    sys.stdout.write(render())
     return 0
 
 
@@ -135,16 +291,21 @@ def cmd_models(args) -> int:
 
 
 def cmd_group(args) -> int:
+    from orchestrator.baselines import BaselineFailed
     from orchestrator.spec import SpecError
     from orchestrator.study import DEFAULT_STORAGE, group_study
     from trainables.datasets.readers import DataCheckError
 
     try:
-        found = group_study(_override(_load(args.study), args), storage=args.storage or DEFAULT_STORAGE,
-                            smoke_run=args.smoke)
+        spec = _override(_load(args.study), args)
+        check_storage(args.storage or DEFAULT_STORAGE, spec.name)
+        found = group_study(spec, storage=args.storage or DEFAULT_STORAGE, smoke_run=args.smoke)
     except (SpecError, DataCheckError) as err:
         print(f"mtl group: invalid study spec: {err}", file=sys.stderr)
         return 2
+    except BaselineFailed as err:
+        print(f"mtl group: stopped: {err}", file=sys.stderr)
+        return 1
     for entry in found:
         print(f"{entry['experiment']}: " + ", ".join(entry["files"]))
     return 0
@@ -204,10 +365,16 @@ def _capabilities(cls) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = _parser().parse_args(argv)
     commands = {"run": cmd_run, "report": cmd_report, "models": cmd_models, "group": cmd_group, "data": cmd_data,
-                "list": cmd_list}
-    return commands[args.command](args)
+                "list": cmd_list, "plot": plot_main, "spec-doc": cmd_spec_doc}
+    try:
+        args = _parser().parse_args(argv)
+        code = commands[args.command](args)
+        sys.stdout.flush()  # a closed pipe fails here, not in the interpreter's own flush at exit
+        return code
+    except BrokenPipeError:  # the reader went away (mtl report ... | head -1): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit cannot fail again
+        return 141  # what a shell reports for a command ended by SIGPIPE (128 + 13)
 
 
 if __name__ == "__main__":

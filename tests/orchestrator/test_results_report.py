@@ -6,7 +6,7 @@ import pytest
 
 from orchestrator import baselines as bl
 from orchestrator.report import render, table_rows
-from orchestrator.results import SCHEMA, read_rows, write_rows
+from orchestrator.results import read_rows, schema_for, write_rows
 from orchestrator.study import _select
 from trainables.config import TrialConfig
 
@@ -30,7 +30,7 @@ def row(c: TrialConfig, role, val, test, val_dm=None, test_dm=None, selected=Fal
 def test_rows_round_trip_through_parquet(tmp_path):
     rows = [row(cfg("semseg"), "single_task", {"semseg/miou": 40.0}, {"semseg/miou": 41.0}, selected=True)]
     path = write_rows(rows, str(tmp_path / "results.parquet"))
-    assert pq.read_schema(path).equals(SCHEMA)
+    assert pq.read_schema(path).equals(schema_for(["val/semseg/miou", "test/semseg/miou"]))
     back = read_rows(path)
     assert back[0]["val_metrics"] == {"semseg/miou": 40.0}
     assert back[0]["config_json"] == rows[0]["config_json"] and back[0]["selected"] is True
@@ -102,7 +102,7 @@ def test_selection_uses_val_and_table_reports_test():
     assert body[0] == ["Single task", "50.00", "2.00", "2.00", "4.00", "+0.00"]
     assert body[1] == ["mtl", "45.00", "2.20", "1.00", "2.00", "-7.00"]
     assert "| Single task" in render([s_sem, s_dep] + mtl)
-    assert render([s_sem, s_dep] + mtl, fmt="csv").splitlines()[0].startswith("Model,")
+    assert render([s_sem, s_dep] + mtl, fmt="csv").splitlines()[0].startswith("model,")
     assert "\\begin{tabular}" in render([s_sem, s_dep] + mtl, fmt="latex")
 
 
