@@ -1,8 +1,52 @@
 """Starting or joining Ray. The only place that calls ``ray.init``."""
 from __future__ import annotations
 
+import logging
 import os
-from typing import Callable, Dict
+import re
+from typing import Any, Callable, Dict, List
+
+# Lines of Ray's own that concern no user of this tool (each seen on every healthy run): Ray
+# Train's per-report dump, the core worker's note on PreemptionWatcher's restart arguments
+# (ray-project/ray#53727), the token-authentication notice. Errors and everything else pass.
+NOISE = re.compile(r"Reporting training result \d+: TrainingReport|class name: 'PreemptionWatcher'.*max_restarts"
+                   r"|Token authentication is enabled for this Ray cluster")
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not NOISE.search(record.getMessage())
+
+
+def quiet_noise() -> None:
+    """Drop ``NOISE`` from the driver's console: the ``ray`` loggers' records, and the worker
+    lines Ray forwards to the driver (its "ray_print_logs" handler is wrapped with a line filter;
+    that hook is private to Ray 2.60 - if it moves, the lines simply show again)."""
+    for name in ("ray", "ray._private.authentication.authentication_token_setup"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNoise) for f in logger.filters):
+            logger.addFilter(_DropNoise())
+    for handler in logging.getLogger("ray").handlers:
+        if not any(isinstance(f, _DropNoise) for f in handler.filters):
+            handler.addFilter(_DropNoise())
+    try:
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    except ImportError:
+        return
+    with dispatcher._lock:
+        handlers = list(dispatcher.handlers)
+    wrapped: List[Any] = []
+    for name, handle in handlers:
+        if name == "ray_print_logs" and not getattr(handle, "drops_noise", False):
+            def filtered(data, _handle=handle):
+                lines = [line for line in data.get("lines", []) if not NOISE.search(line)]
+                if lines:
+                    _handle({**data, "lines": lines})
+            filtered.drops_noise = True
+            handle = filtered
+        wrapped.append((name, handle))
+    with dispatcher._lock:
+        dispatcher.handlers = wrapped
 
 
 def start_ray(log: Callable[[str], None] = print) -> None:
@@ -15,15 +59,18 @@ def start_ray(log: Callable[[str], None] = print) -> None:
 
     if ray.is_initialized():
         return
+    quiet_noise()  # the loggers, before ray.init logs its start-up notices
     address = os.environ.get("RAY_ADDRESS")
     if address:
         log(f"joining Ray cluster at {address}")
         ray.init(address=address)
+        quiet_noise()
     else:
         log("starting a local Ray instance on 127.0.0.1 (tens of seconds on a small machine)")
         _loopback_only()
         ray.init(include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING",
                  logging_config=ray.LoggingConfig(log_level="WARNING"))
+        quiet_noise()  # the worker-line handler exists once ray.init has run
 
 
 def _loopback_only() -> None:
