@@ -5,20 +5,24 @@ hyper-parameter search as the model, so every task is trained on every grid sett
 of the study. Each (resolved config) result is cached under ``<cache>/<hash>/result.json``,
 keyed by everything that determines it (the whole TrialConfig except its experiment name, plus
 ``CACHE_VERSION``): a second study that needs the same baselines trains none. The missing ones
-are trained in parallel by a pool of Ray actors, one run per actor at a time.
+are trained in parallel by a pool of Ray actors, one run per actor at a time. A baseline's
+TensorBoard events live in its cache entry too (``<hash>/tensorboard/<run>``); ``link_events``
+shows them in a study's own TensorBoard folder.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from statistics import mean
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 from orchestrator.results import best_setting
 from trainables.atomic import write_json
 from trainables.config import TrialConfig, stable_hash
+from trainables.tracking import TENSORBOARD, experiment_dir, link_run, run_dir
 
 CACHE_VERSION = 2  # 2: configs name plug-ins as {name, params} and the model as one reference
 RESULT_FILE = "result.json"
@@ -54,9 +58,10 @@ class BaselineTrainer:
         start = time.time()
         # The checkpoint lives in the cache entry: an actor restarted after a crash resumes.
         try:
-            last = fit(cfg, Session(checkpoint_dir=out_dir))
-            status, error = "completed", ""
-        except Exception as err:  # reported as a failed row; never cached
+            last = fit(dataclasses.replace(cfg, events_dir=os.path.join(out_dir, TENSORBOARD)),
+                       Session(checkpoint_dir=out_dir))
+            status, error = ("failed", last["failed"]) if last.get("failed") else ("completed", "")
+        except Exception as err:  # reported as an error row; never cached (nor is a failed one)
             last, status, error = {}, "error", f"{type(err).__name__}: {err}"
         result = {"config": cfg.to_dict(), "metrics": last, "wall_time_s": time.time() - start,
                   "status": status, "error": error, "checkpoint_path": out_dir}
@@ -87,10 +92,26 @@ def ensure_baselines(
     for i, result in enumerate(run_on_actors(BaselineTrainer, "train", jobs, num_actors, actor_options), 1):
         cfg = result["config"]
         log(f"  [{i}/{len(jobs)}] {cfg['experiment']} {_setting(cfg)} seed={cfg['seed']}: "
-            f"{result['status']} val_score={result['metrics'].get('val_score', float('nan')):.4g} "
-            f"({result['wall_time_s']:.0f}s)")
+            + (f"{result['status']} val_score={result['metrics'].get('val_score', float('nan')):.4g} "
+               if result["status"] == "completed" else f"{result['status'].upper()} ({result['error']}) ")
+            + f"({result['wall_time_s']:.0f}s)")
         results.append({**result, "cached": False})
     return results
+
+
+def link_events(results: Sequence[dict], cache_dir: str, tensorboard_dir: str) -> int:
+    """Show each baseline's events (in its cache entry) under ``tensorboard_dir``, at
+    ``<experiment>/<run>`` like a study's other runs; returns how many runs were linked.
+    Baselines cached before they wrote events have none and are skipped."""
+    linked = 0
+    for r in results:
+        cfg = TrialConfig.from_dict(r["config"])
+        source = run_dir(dataclasses.replace(cfg, events_dir=os.path.join(cache_dir, cache_key(cfg), TENSORBOARD)))
+        if os.path.isdir(source):
+            shown = dataclasses.replace(cfg, events_dir=experiment_dir(tensorboard_dir, cfg.experiment))
+            link_run(source, run_dir(shown))
+            linked += 1
+    return linked
 
 
 def run_on_actors(actor_class: type, method: str, jobs: Sequence[tuple], num_actors: int,
@@ -124,13 +145,16 @@ def best_baselines(results: Sequence[dict], directions: Dict[str, bool]) -> Dict
     that setting's lowest seed (what cross-stitch / NDDR start from).
     """
     by_task: Dict[str, List[tuple]] = defaultdict(list)  # task -> [(setting hash, result)]
+    every: Dict[str, List[dict]] = defaultdict(list)  # task -> its results, whatever their status
     for r in results:
-        if r["status"] == "completed":
-            cfg = TrialConfig.from_dict(r["config"])
+        cfg = TrialConfig.from_dict(r["config"])
+        every[cfg.tasks[0]].append(r)
+        if r["status"] in ("completed", "failed"):  # a failed seed rules its setting out
             by_task[cfg.tasks[0]].append((cfg.config_hash(exclude=("seed",)), r))
     best: Dict[str, dict] = {}
     for task, runs in by_task.items():
-        setting = best_setting(runs, setting=lambda run: run[0], score=lambda run: run[1]["metrics"].get("val_score"))
+        setting = best_setting(runs, setting=lambda run: run[0], score=lambda run: run[1]["metrics"].get("val_score"),
+                               failed=lambda run: run[1]["status"] == "failed")
         if setting is None:
             continue
         chosen = sorted((r for h, r in runs if h == setting), key=lambda r: r["config"]["seed"])
@@ -138,8 +162,29 @@ def best_baselines(results: Sequence[dict], directions: Dict[str, bool]) -> Dict
                       "test": _mean_metrics(chosen, "test/", task), "checkpoint": chosen[0].get("checkpoint_path", "")}
     missing = sorted({k.split("/")[0] for k in directions} - set(best))
     if missing:
-        raise RuntimeError(f"no single-task baseline finished for tasks {missing}; see the errors above")
+        raise BaselineFailed(f"no single-task baseline finished for tasks {missing}: " + "; ".join(
+            f"{', '.join(sorted({r['config']['experiment'] for r in every[t]})) or t} {failure_summary(every[t])}"
+            for t in missing) + BaselineFailed.CONSEQUENCE)
     return best
+
+
+class BaselineFailed(RuntimeError):
+    """No grid setting of a Delta_m reference (a single-task baseline, the supervised MTL
+    baseline) finished on every seed: the study stops before its multi-task trials."""
+
+    CONSEQUENCE = ("; Delta_m is measured against it, so the study stops before any multi-task trial "
+                   "(fix the cause, or change the grid, then run the study again)")
+
+
+def failure_summary(runs: Sequence[dict]) -> str:
+    """'has no grid setting that finished on every seed (3 run(s): 2 failed, 1 error; first: <its error>)'."""
+    if not runs:
+        return "has no run"
+    counts = Counter(r["status"] for r in runs)
+    first = next((r["error"] for r in runs if r.get("error")), "")
+    return (f"has no grid setting that finished on every seed ({len(runs)} run(s): "
+            + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+            + (f"; first: {first}" if first else "") + ")")
 
 
 def _mean_metrics(runs: Sequence[dict], prefix: str, task: str) -> Dict[str, float]:

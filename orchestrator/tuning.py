@@ -7,20 +7,29 @@ named after the Tune trial and shares the Tuner's storage, so a retried trial re
 own last checkpoint. Tune only accounts for the trial's driver, not the worker group it starts:
 the driver asks for no CPU and concurrency is capped by what the workers need (otherwise two
 trials on two CPUs deadlock, each driver holding a CPU its workers wait for).
+
+Trackers: the spec's ``loggers`` become Ray Tune's own logger callbacks (MLflow, W&B), one
+MLflow experiment / W&B group ``<study>/<experiment>`` per experiment and one run per trial; a
+loss-weight search is recorded in the study's Optuna database (``orchestrator/weight_search.py``).
+Tune's own TensorBoard files stay in ``tune/``; the study's TensorBoard folder is the train loop's
+(``trainables/tracking.py``).
 """
 from __future__ import annotations
 
 import math
 import os
 import re
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Sequence
 
 from orchestrator.plan import Experiment
 from orchestrator.spec import ResourcesSpec, SearchSpec, SpecError
-from orchestrator.weight_search import make_searcher, strip_raw
+from orchestrator.weight_search import make_searcher, storage_url, strip_raw
+from trainables.plugins import Plugin
+from trainables.tracking import INSTALL_HINT, TENSORBOARD, tensorboard_installed
 
 METRIC, MODE = "val_score", "max"
 DRIVER_MEMORY_BYTES = 2**20
+MLFLOW_DB = "mlflow.db"
 
 
 def trial_name(experiment: str) -> str:
@@ -59,6 +68,49 @@ def check_fits(resources: ResourcesSpec, cluster: Dict[str, float]) -> None:
                 f"cpus_per_worker / gpus_per_worker (--gpus-per-worker)")
 
 
+def mlflow_uri(params: Dict[str, Any], study_dir: str) -> str:
+    """The logger's ``tracking_uri``, or a SQLite store in the study's folder (MLflow 3 refuses a
+    plain-folder store unless told otherwise)."""
+    return params.get("tracking_uri") or "sqlite:///" + os.path.join(os.path.abspath(study_dir), MLFLOW_DB)
+
+
+def tracker_callbacks(loggers: Sequence[Plugin], study_dir: str, experiment: str) -> List[Any]:
+    """Ray Tune's logger callbacks for the spec's ``loggers`` (checked by ``StudySpec``); the study's
+    name is its folder's."""
+    study = os.path.basename(study_dir)
+    name = f"{study}/{experiment}"
+    callbacks = []
+    for logger in loggers:
+        params = dict(logger.params)
+        if logger.name == "mlflow":
+            from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+            callbacks.append(MLflowLoggerCallback(tracking_uri=mlflow_uri(params, study_dir), experiment_name=name,
+                                                  tags={"study": study, "experiment": experiment}))
+        else:  # wandb: entity and mode go to wandb.init
+            from ray.air.integrations.wandb import WandbLoggerCallback
+
+            callbacks.append(WandbLoggerCallback(project=params.pop("project", study), group=name, **params))
+    return callbacks
+
+
+def dashboards(study_dir: str, loggers: Sequence[Plugin], weight_search: bool) -> List[str]:
+    """The lines a study ends with: where each tracker keeps its records and what shows them."""
+    study = os.path.basename(study_dir)
+    if tensorboard_installed():
+        lines = [f"TensorBoard: tensorboard --logdir {os.path.join(study_dir, TENSORBOARD)}"]
+    else:
+        lines = [f"TensorBoard: no events written, the tensorboard package is not installed ({INSTALL_HINT})"]
+    for logger in loggers:
+        if logger.name == "mlflow":
+            lines.append(f"MLflow: experiments {study}/<experiment> at {mlflow_uri(logger.params, study_dir)}")
+        else:
+            lines.append(f"W&B: project {logger.params.get('project', study)}, groups {study}/<experiment>")
+    if weight_search:
+        lines.append(f"Optuna: optuna-dashboard {storage_url(study_dir)}")
+    return lines
+
+
 def _run_trial(config: Dict[str, Any], scaling: Dict[str, Any], storage_path: str) -> None:
     """Tune function trainable: fit one TorchTrainer for this trial's config."""
     from ray import tune
@@ -87,8 +139,13 @@ def _run_trial(config: Dict[str, Any], scaling: Dict[str, Any], storage_path: st
 
 
 def run_experiment(exp: Experiment, search: SearchSpec, resources: ResourcesSpec, storage_path: str,
-                   cluster: Dict[str, float], verbose: int = 0) -> List[Dict[str, Any]]:
-    """Run every grid setting x seed of ``exp`` as Tune trials; one outcome dict per trial."""
+                   cluster: Dict[str, float], verbose: int = 0, position: tuple = (1, 1),
+                   *, study_dir: str, loggers: Sequence[Plugin] = ()) -> List[Dict[str, Any]]:
+    """Run every grid setting x seed of ``exp`` as Tune trials; one outcome dict per trial.
+
+    ``study_dir`` (the study's folder, named after the study) holds the Optuna database of a
+    loss-weight search and the default MLflow store; ``loggers``: ``StudySpec.loggers``.
+    """
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -104,9 +161,11 @@ def run_experiment(exp: Experiment, search: SearchSpec, resources: ResourcesSpec
         {"cpu": 0, "memory": DRIVER_MEMORY_BYTES})
     base = exp.base.to_dict()  # the Tune boundary: typed config -> plain dict
     search_alg, num_samples = None, 1
+    trials = exp.weight_search.num_samples if exp.weight_search else len(exp.settings) * len(exp.seeds)
     if exp.weight_search:  # Optuna TPE over the weights (and the grid setting), first seed
         param_space = {**base, "seed": exp.seeds[0]}
-        search_alg = make_searcher(exp.base.tasks, exp.settings, exp.weight_search, exp.base.balancer, METRIC, MODE)
+        search_alg = make_searcher(exp.base.tasks, exp.settings, exp.weight_search, exp.base.balancer, METRIC, MODE,
+                                   url=storage_url(study_dir), name=f"{os.path.basename(study_dir)}/{exp.name}")
         num_samples = exp.weight_search.num_samples
     else:  # the survey grid x seeds, as Tune's own grid
         param_space = {**base, "hp": tune.grid_search(list(exp.settings)), "seed": tune.grid_search(list(exp.seeds))}
@@ -125,17 +184,23 @@ def run_experiment(exp: Experiment, search: SearchSpec, resources: ResourcesSpec
         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, scheduler=scheduler, search_alg=search_alg,
                                     num_samples=num_samples, max_concurrent_trials=max_concurrent(resources, cluster)),
         run_config=tune.RunConfig(name=trial_name(exp.name), storage_path=storage_path, verbose=verbose,
-                                  callbacks=[EpochLines(exp.name)],
+                                  callbacks=[EpochLines(exp.name, position[0], position[1], trials, exp.base.epochs),
+                                             *tracker_callbacks(loggers, study_dir, exp.name)],
                                   failure_config=tune.FailureConfig(max_failures=1)),
     )
-    outcomes = []
-    for result in tuner.fit():
-        metrics = dict(result.metrics or {})
-        status = "error" if result.error else ("completed" if metrics.get("finished") else "stopped")
-        outcomes.append({"config": strip_raw(result.config or {}),
-                         "metrics": metrics, "status": status,
-                         "error": f"{type(result.error).__name__}: {result.error}" if result.error else "",
-                         "wall_time_s": float(metrics.get("time_total_s", math.nan)),
-                         "trial_id": str(metrics.get("trial_id", "")),
-                         "checkpoint_path": str(metrics.get("checkpoint_path", "") or "")})
-    return outcomes
+    return [trial_outcome(result) for result in tuner.fit()]
+
+
+def trial_outcome(result: Any) -> Dict[str, Any]:
+    """One Tune ``Result`` as the outcome dict a results row is made from. Status: "error" (an
+    exception), "failed" (fit ended a diverged run and reported why: it returns, never raises, so
+    Tune does not retry it), "completed", or "stopped" (by ASHA)."""
+    metrics = dict(result.metrics or {})
+    status = ("error" if result.error else "failed" if metrics.get("failed")
+              else "completed" if metrics.get("finished") else "stopped")
+    return {"config": strip_raw(result.config or {}), "metrics": metrics, "status": status,
+            "error": (f"{type(result.error).__name__}: {result.error}" if result.error
+                      else str(metrics.get("failed") or "")),
+            "wall_time_s": float(metrics.get("time_total_s", math.nan)),
+            "trial_id": str(metrics.get("trial_id", "")),
+            "checkpoint_path": str(metrics.get("checkpoint_path", "") or "")}

@@ -69,6 +69,34 @@ def test_worker_metrics_reach_tune(first_run):
     assert results and all("val_delta_m" in r and "val/semseg/miou" in r for r in results)
 
 
+def test_every_run_writes_tensorboard_events_under_the_study(first_run):
+    """Multi-task trials write into <study>/tensorboard/<experiment>/<run>; the single-task
+    baselines write into their cache entries, linked under tensorboard/single_task/<task>/."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from trainables.config import TrialConfig
+    from trainables.tracking import run_name
+
+    _, storage, out, lines = first_run
+    board = os.path.join(str(storage), "e2e", "tensorboard")
+    assert f"TensorBoard: tensorboard --logdir {board}" in lines
+    for row in read_rows(out["results"]):
+        cfg = TrialConfig.from_dict(json.loads(row["config_json"]))
+        folder = os.path.join(board, row["experiment"], run_name(cfg))
+        acc = EventAccumulator(folder)
+        acc.Reload()
+        task = cfg.tasks[0]
+        metric = "miou" if task == "semseg" else "rmse"
+        values = [e.value for e in acc.Scalars(f"{task}/val_{metric}")]  # one per epoch, the last one the row's
+        assert len(values) == row["epochs_done"] and values[-1] == pytest.approx(row["val_metrics"][f"{task}/{metric}"])
+        assert not any(t.startswith("ray/") for t in acc.Tags()["scalars"])  # Tune's own events stay in tune/
+        if row["role"] == "single_task":  # cached across studies: a link into the cache
+            assert os.path.islink(folder) and "_cache" in os.path.realpath(folder)
+        else:
+            assert [e.step for e in acc.Scalars("delta_m/val")] == list(range(1, row["epochs_done"] + 1))
+            assert {"semseg/weight", "depth/weight", "lr"} <= set(acc.Tags()["scalars"])
+
+
 def test_report_prints_the_table(first_run, capsys):
     _, storage, out, _ = first_run
     assert main(["report", out["results"]]) == 0
@@ -83,19 +111,45 @@ def test_second_study_trains_no_baseline(first_run):
     assert "single-task baselines: 4 cached, 0 to train" in lines
     single = [r for r in out["rows"] if r["role"] == "single_task"]
     assert single and all(r["cached"] for r in single)
+    linked = os.path.join(str(storage), "e2e_again", "tensorboard", "single_task", "semseg")
+    assert len(os.listdir(linked)) == 2  # the cached baselines' runs, shown in this study too
 
 
 def test_loss_weight_search_through_optuna(first_run):
+    """The weight search, recorded in the study's Optuna database, with every trial logged to MLflow."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+
     spec, storage, _, _ = first_run
     tpe = spec.replace(name="e2e_tpe", experiments=load_spec({**SPEC, "experiments": [
-        {"name": "fixed_tpe", "balancer": "fixed", "weight_search": {"num_samples": 2, "seed": 0}}]}).experiments)
-    out = run_study(tpe, storage=str(storage), log=lambda _: None)
+        {"name": "fixed_tpe", "balancer": "fixed", "weight_search": {"num_samples": 2, "seed": 0}}]}).experiments,
+        loggers=load_spec({**SPEC, "loggers": ["mlflow"]}).loggers)
+    lines = []
+    out = run_study(tpe, storage=str(storage), log=lines.append)
     multi = [r for r in out["rows"] if r["role"] == "multi_task"]
     weights = [json.loads(r["config_json"])["balancer"]["params"]["weights"] for r in multi]
     assert len(multi) == 2 and weights[0] != weights[1]
     assert all(set(w) == {"semseg", "depth"} and all(0.1 <= v <= 10 for v in w.values()) for w in weights)
     best = [r for r in multi if r["selected"]]
     assert len(best) == 1 and best[0]["val_delta_m"] == max(r["val_delta_m"] for r in multi if r["status"] == "completed")
+    study_dir = os.path.join(str(storage), "e2e_tpe")
+    # Optuna: one study per experiment, its trials told their val score, the resolved weights attached
+    db = f"sqlite:///{study_dir}/optuna.db"
+    assert f"Optuna: optuna-dashboard {db}" in lines
+    trials = optuna.load_study(study_name="e2e_tpe/fixed_tpe", storage=db).get_trials()
+    assert len(trials) == 2 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert sorted(json.dumps(t.user_attrs["weights"], sort_keys=True) for t in trials) == \
+        sorted(json.dumps(w, sort_keys=True) for w in weights)
+    # MLflow: one run per trial in experiment <study>/<experiment>, the per-epoch metrics as steps
+    uri = f"sqlite:///{study_dir}/mlflow.db"
+    assert f"MLflow: experiments e2e_tpe/<experiment> at {uri}" in lines
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("e2e_tpe/fixed_tpe").experiment_id])
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    steps = [[m.step for m in client.get_metric_history(r.info.run_id, "val_delta_m")] for r in runs]
+    assert sorted(steps) == sorted(list(range(1, r["epochs_done"] + 1)) for r in multi)  # ASHA may stop one
+    assert sorted(r.data.metrics["val/semseg/miou"] for r in runs) == \
+        pytest.approx(sorted(r["val_metrics"]["semseg/miou"] for r in multi))
 
 
 def _nyud_writer():

@@ -18,6 +18,10 @@ from trainables.optim import OPTIMIZERS, SCHEDULERS
 from trainables.plugins import ModelRef, Plugin, RunContext
 from trainables.schema import ConfigError, from_plain, to_plain
 
+# fields that change where a run writes, not what it computes: left out of every config hash (the
+# results' config_hash and setting_hash, the baseline cache key), so caches made before they existed stay valid
+HASH_NEUTRAL: Tuple[str, ...] = ("events_dir",)
+
 
 @dataclass(frozen=True)
 class TrialConfig:
@@ -49,6 +53,9 @@ class TrialConfig:
         regularisers: cross-task losses added outside the balancer (``trainables/regularisers``).
         teacher_checkpoints: task -> the checkpoint of a trained single-task network that
             regularisers with ``needs_teachers`` (MuST) use as a frozen teacher; the study fills it.
+        events_dir: the folder that holds this run's TensorBoard folder (``trainables/tracking.py``:
+            ``<events_dir>/<run_name>``, written by rank 0); None: no events. Where a run logs changes
+            nothing it computes, so ``config_hash`` leaves it out (``HASH_NEUTRAL``).
     """
 
     experiment: str
@@ -78,6 +85,7 @@ class TrialConfig:
     auxiliary_tasks: Tuple[str, ...] = ()
     regularisers: Tuple[Plugin, ...] = ()
     teacher_checkpoints: Mapping[str, str] = field(default_factory=dict)
+    events_dir: Optional[str] = None
 
     def __post_init__(self):
         for name in ("dataset", "balancer"):  # a name or a {name, params} mapping is a Plugin
@@ -138,8 +146,8 @@ class TrialConfig:
         return json.loads(json.dumps(to_plain(self)))
 
     def config_hash(self, exclude: Tuple[str, ...] = ()) -> str:
-        """Content hash of the resolved config (hex, 16 chars)."""
-        return stable_hash({k: v for k, v in self.to_dict().items() if k not in exclude})
+        """Content hash of the resolved config (hex, 16 chars), without ``HASH_NEUTRAL`` and ``exclude``."""
+        return stable_hash({k: v for k, v in self.to_dict().items() if k not in exclude + HASH_NEUTRAL})
 
 
 def stable_hash(obj: Any) -> str:
