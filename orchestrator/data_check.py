@@ -3,17 +3,18 @@ from __future__ import annotations
 
 from typing import Any, Dict, Mapping, Optional
 
-import yaml
+from orchestrator.spec import load_yaml
 
 
 def parse_params(pairs) -> Dict[str, Any]:
-    """["key=value", ...] -> dict, values parsed as YAML scalars (numbers, bools, lists)."""
+    """["key=value", ...] -> dict, values parsed as YAML scalars (numbers, bools, lists; YAML 1.2's
+    floats, so 2e-4 is a number)."""
     params = {}
     for pair in pairs or ():
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ValueError(f"--param {pair!r}: expected KEY=VALUE")
-        params[key] = yaml.safe_load(value)
+        params[key] = load_yaml(value)
     return params
 
 

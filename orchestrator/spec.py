@@ -6,11 +6,16 @@ A bad field raises ``SpecError`` whose message starts with the field's path (e.g
 names, their parameters and the capabilities of each balancer/architecture pair are checked
 against the registries by ``orchestrator/plan.py``'s ``validate``, still without touching data.
 Plug-ins are ``Plugin`` references (``trainables/plugins.py``), the type the whole product uses.
+
+Numbers: spec files are read with YAML 1.2's float syntax (``load_yaml``), so ``lrs: [2e-4]``
+is a number (YAML 1.1, PyYAML's default, reads ``2e-4`` without a dot as a string); a numeric
+string where a number is expected is accepted too, any other string is an error naming it.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
@@ -28,16 +33,40 @@ class SpecError(ConfigError):
     """A study spec is invalid; the message names the field and the fix."""
 
 
+class _Yaml12Floats(yaml.SafeLoader):
+    """PyYAML's safe loader, plus YAML 1.2's floats: exponents without a dot ("2e-4", "1E3")."""
+
+
+_Yaml12Floats.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def load_yaml(stream: Any) -> Any:
+    """YAML text (or an open file) as plain data, safely, with YAML 1.2's floats."""
+    return yaml.load(stream, Loader=_Yaml12Floats)
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     """The study's dataset: a plug-in with its parameters, its folder, and optional partial labels.
 
-    ``labels`` (JTR / MTPSL settings), e.g. {"setting": "onelabel", "seed": 0} or
-    {"weights_file": "path/to/onelabel.pth"}; see trainables/datasets/partial.py.
+    Attributes:
+        name: a registered dataset (``mtl list dataset``).
+        root: the dataset's folder on disk (real datasets; ``mtl data check`` checks it). null:
+            the embedded synthetic data, rendered once into ``$MTL_CACHE_DIR`` (default
+            ``~/.cache/mtl``).
+        params: the dataset's parameters (``mtl list dataset`` lists them), e.g.
+            ``{image_size: 64, num_train: 2000}`` for the synthetic scenes.
+        labels: partial labels for the training split, one mask shared by every model of the
+            study (JTR / MTPSL settings): ``{setting: full | onelabel | randomlabels |
+            halflabels, seed: 0, unlabelled_fraction: 0.0, unlabelled: keep | drop}`` or
+            ``{weights_file: path/to/onelabel.pth, tasks: [...]}`` (MTPSL's mask files).
+            null: every image keeps every label.
     """
 
     name: str = "synthetic"
-    root: Optional[str] = None  # None: the embedded synthetic data's cache; else a data root
+    root: Optional[str] = None
     params: Mapping[str, Any] = field(default_factory=dict)
     labels: Optional[Mapping[str, Any]] = None
 
@@ -55,9 +84,11 @@ class LossWeightSearch:
     cached single-task baselines.
 
     Attributes:
-        num_samples: trials to run.
+        num_samples: trials to run (on the study's first seed).
         space: "log_uniform" (each w_t in [low, high], log scale) or "simplex" (weights
             that sum to T, drawn as normalised -log U(0, 1), i.e. a flat Dirichlet).
+        low: the smallest weight of the "log_uniform" space.
+        high: the largest weight of the "log_uniform" space.
         seed: the TPE sampler's seed (the search is reproducible given it).
     """
 
@@ -72,20 +103,31 @@ class LossWeightSearch:
             raise SpecError(f"space: {self.space!r} is not one of ('log_uniform', 'simplex')")
         if self.num_samples < 1:
             raise SpecError(f"num_samples: {self.num_samples} must be >= 1")
-        if not 0 < self.low < self.high:
-            raise SpecError(f"low/high: need 0 < low < high, got {self.low}, {self.high}")
+        if not (0 < self.low < self.high and math.isfinite(self.high)):
+            raise SpecError(f"low/high: need 0 < low < high (finite), got {self.low}, {self.high}")
+        if self.seed < 0:
+            raise SpecError(f"seed: {self.seed} must be an integer >= 0")
 
 
 @dataclass(frozen=True)
 class ExperimentSpec:
     """One model of the study: an architecture + balancer (backbone/head default to the study's).
 
-    ``primary_task`` overrides the study's (e.g. an IAL study with each task as the primary one);
-    ``auxiliary_tasks`` the study's (e.g. PAD-Net with normals and edges, the MTL baseline without).
-    ``regularisers`` (``mtl list regulariser``) add cross-task losses outside the balancer
-    (consistency, JTR, ...), e.g. ``[{name: consistency, params: {weight: 1.0}}]``.
-    ``grouping`` names a task-grouping search (``mtl list grouping``) that the study runs on the
-    cached single-task networks to derive the architecture's tree before the experiment trains.
+    Attributes:
+        name: the experiment's name: its row in the table, its folder and its Tune run.
+        architecture: the multi-task architecture (``mtl list architecture``).
+        balancer: the task-balancing method (``mtl list balancer``).
+        backbone: the encoder (``mtl list backbone``); null: the study's ``backbone``.
+        head: the per-task decoder of dense tasks (``mtl list head``); null: the study's ``head``.
+        weight_search: an Optuna search over the ``fixed`` balancer's task weights instead of
+            the grid; null: the grid.
+        primary_task: overrides the study's (e.g. an IAL study with each task as the primary one).
+        grouping: a task-grouping search (``mtl list grouping``) that the study runs on the cached
+            single-task networks to derive the architecture's tree before the experiment trains.
+        auxiliary_tasks: overrides the study's (e.g. PAD-Net with normals and edges, the MTL
+            baseline without); null: the study's.
+        regularisers: cross-task losses added outside the balancer (``mtl list regulariser``:
+            consistency, JTR, ...), e.g. ``[{name: consistency, params: {weight: 1.0}}]``.
     """
 
     name: str
@@ -110,16 +152,28 @@ class ExperimentSpec:
 
 @dataclass(frozen=True)
 class SearchSpec:
-    """Which settings of the survey grid to run (None keeps the whole axis), and ASHA.
+    """Which settings of the survey's 48-setting grid to run (3 batch sizes x poly / step decay x
+    Adam at 2e-4, 1e-4, 5e-5, 1e-5 or SGD with momentum 0.9 at 5e-2, 1e-2, 5e-3, 1e-3), and ASHA.
+    Every model and every single-task baseline is trained on each selected setting and seed.
 
-    batch_sizes None means the dataset's three survey batch sizes.
+    Attributes:
+        batch_sizes: keep these batch sizes; null: the dataset's three survey batch sizes. Sizes
+            outside them give the same grid over the sizes given.
+        schedulers: keep these learning-rate schedules ("poly", "step"); null: both.
+        optimizers: keep these optimisers ("adam", "sgd"); null: both.
+        lrs: keep these initial learning rates; null: every rate of the kept optimisers. Rates
+            outside the grid (another paper's protocol) need ``optimizers``.
+        max_settings: keep only the first N selected settings (smoke runs); null: all.
+        asha: stop poor trials early with ASHA on the per-epoch validation Delta_m.
+        grace_period: epochs a trial runs before ASHA may stop it.
+        reduction_factor: ASHA's reduction factor: about 1 in this many trials goes on at each rung.
     """
 
     batch_sizes: Optional[Tuple[int, ...]] = None
     schedulers: Optional[Tuple[str, ...]] = None
     optimizers: Optional[Tuple[str, ...]] = None
     lrs: Optional[Tuple[float, ...]] = None
-    max_settings: Optional[int] = None  # keep only the first N selected settings (smoke runs)
+    max_settings: Optional[int] = None
     asha: bool = False
     grace_period: int = 1
     reduction_factor: int = 3
@@ -144,6 +198,16 @@ class SearchSpec:
 
 @dataclass(frozen=True)
 class TrainSpec:
+    """How every trial trains (the grid setting gives its optimiser, lr, schedule and batch size).
+
+    Attributes:
+        epochs: training epochs of every trial (models and single-task baselines alike).
+        seeds: every setting is trained once per seed; the table reports mean +- std over them.
+        weight_decay: the optimiser's weight decay.
+        max_steps_per_epoch: cap on training steps per epoch (smoke runs); null: the whole split.
+        eval_batch_size: batch size of the validation and test evaluation.
+    """
+
     epochs: int = 10
     seeds: Tuple[int, ...] = (0,)
     weight_decay: float = 1e-4
@@ -168,13 +232,23 @@ class TrainSpec:
 
 @dataclass(frozen=True)
 class ResourcesSpec:
-    """Resources of one trial. Ray objects are built from these in orchestrator/ only."""
+    """Resources of one trial. Ray objects are built from these in orchestrator/ only.
+
+    Attributes:
+        workers_per_trial: Ray Train data-parallel workers (DDP processes) of one trial.
+        cpus_per_worker: CPUs each worker (and each baseline actor) asks for.
+        gpus_per_worker: GPUs each worker (and each baseline actor) asks for; fractions share a GPU.
+        max_concurrent_trials: trials that run at once; null: as many as the cluster's CPUs /
+            GPUs allow.
+        baseline_actors: actors that train the single-task baselines in parallel; null: as many
+            as fit.
+    """
 
     workers_per_trial: int = 1
     cpus_per_worker: float = 1
     gpus_per_worker: float = 0
-    max_concurrent_trials: Optional[int] = None  # None: as many as the cluster's CPUs/GPUs allow
-    baseline_actors: Optional[int] = None  # None: as many as fit
+    max_concurrent_trials: Optional[int] = None
+    baseline_actors: Optional[int] = None
 
     def __post_init__(self):
         if self.workers_per_trial < 1:
@@ -193,16 +267,32 @@ class ResourcesSpec:
 
 @dataclass(frozen=True)
 class ReferenceRow:
-    """A paper's numbers for one model: #P (M) and FLOPS (G multiply-accumulates)."""
+    """A paper's numbers for one model.
+
+    Attributes:
+        params_m: #P in millions of parameters; null: not given by the paper.
+        flops_g: FLOPS in G multiply-accumulates; null: not given by the paper.
+    """
 
     params_m: Optional[float] = None
     flops_g: Optional[float] = None
 
+    def __post_init__(self):
+        for name in ("params_m", "flops_g"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise SpecError(f"{name}: {value} must be a number >= 0, or null when the paper gives none")
+
 
 @dataclass(frozen=True)
 class ReferenceTable:
-    """The paper table a preset reproduces; ``rows`` keyed by experiment name, "single_task"
-    for the single-task networks together. ``mtl models`` prints it beside the measured sizes."""
+    """The paper table a preset reproduces; ``mtl models`` prints it beside the measured sizes.
+
+    Attributes:
+        source: the paper and table, as printed above the comparison.
+        rows: the paper's numbers keyed by experiment name, "single_task" for the single-task
+            networks together.
+    """
 
     source: str
     rows: Mapping[str, ReferenceRow] = field(default_factory=dict)
@@ -214,14 +304,40 @@ SUPERVISED_MTL = "supervised_mtl"  # the experiment name (and role) of that base
 
 @dataclass(frozen=True)
 class StudySpec:
-    """A study: tasks (scored in Delta_m, each with single-task baselines), optional
-    ``auxiliary_tasks`` (trained and supervised alongside by every multi-task experiment unless
-    it overrides them, logged, but not scored and given no baseline: PAD-Net's normals and edges
-    on NYUD-v2), the experiments, the dataset, the default backbone and head, the grid, training
-    and resources. ``delta_baseline`` says what Delta_m is measured against: the single-task
-    networks ("single_task", the survey's and, trained on the study's labels, MTPSL's) or the
-    MTL baseline with fixed weights trained on the same (partial) labels ("supervised_mtl",
-    JTR's), trained and cached once per label setting like the single-task networks."""
+    """A study: the tasks, the experiments (one model each), the dataset, the default backbone
+    and head, the grid, training and resources. The top level of a spec file.
+
+    Attributes:
+        name: the study's name and its folder under the storage root: a plain folder name of
+            letters, digits, '-', '_' and '.' that does not start with '.'.
+        tasks: the tasks scored in Delta_m, each with its single-task baselines (``mtl list task``
+            for the kinds; the dataset names the tasks it offers).
+        experiments: the models to compare, one per experiment.
+        dataset: the dataset, its folder and partial labels.
+        backbone: the default encoder of every experiment (``mtl list backbone``).
+        head: the default decoder of every dense task (``mtl list head``).
+        search: the grid settings to run, and ASHA.
+        train: epochs, seeds and evaluation.
+        resources: workers, CPUs and GPUs of one trial.
+        primary_task: the task that auxiliary-learning balancers serve (IAL); it is the table's
+            first column. null: every task counts alike.
+        auxiliary_tasks: tasks trained and supervised alongside by every multi-task experiment
+            unless it overrides them, logged, but not scored in Delta_m and given no baseline
+            (PAD-Net's normals and edges on NYUD-v2).
+        delta_baseline: what Delta_m is measured against: the single-task networks
+            ("single_task", the survey's and, trained on the study's labels, MTPSL's) or the MTL
+            baseline with fixed weights trained on the same (partial) labels ("supervised_mtl",
+            JTR's), trained and cached once per label setting like the single-task networks.
+        description: one line shown by ``mtl list preset``.
+        reference: the paper table a preset reproduces; null: none.
+        loggers: experiment trackers that get every Tune trial's per-epoch metrics and config, one
+            run per trial, besides the TensorBoard events every run writes: ``mlflow`` (params:
+            ``tracking_uri``; default ``sqlite:///<study folder>/mlflow.db``; one MLflow experiment
+            ``<study>/<experiment>``; extra ``mlflow``) and ``wandb`` (params: ``project``,
+            default the study's name, ``entity``, ``mode``: online, offline or disabled; one W&B
+            group ``<study>/<experiment>``; extra ``wandb``), e.g. ``[mlflow]`` or ``[{name: mlflow,
+            params: {tracking_uri: "http://host:5000"}}]``. Single-task baselines are not logged.
+    """
 
     name: str
     tasks: Tuple[str, ...]
@@ -237,10 +353,12 @@ class StudySpec:
     delta_baseline: str = "single_task"
     description: str = ""
     reference: Optional[ReferenceTable] = None
+    loggers: Tuple[Plugin, ...] = ()
 
     def __post_init__(self):
-        if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
-            raise SpecError(f"name: {self.name!r} must be non-empty and use only letters, digits, '-', '_', '.'")
+        if not self.name or not all(c.isalnum() or c in "-_." for c in self.name) or self.name.startswith("."):
+            raise SpecError(f"name: {self.name!r} must be a plain folder name (the study's folder under --storage): "
+                            "letters, digits, '-', '_' and '.', not starting with '.' (e.g. my_study)")
         if not self.tasks:
             raise SpecError("tasks: list at least one task")
         if len(set(self.tasks)) != len(self.tasks):
@@ -271,6 +389,7 @@ class StudySpec:
                 raise SpecError(f"reference.rows: {unknown} are neither 'single_task' nor experiments {names}")
         if self.search.asha and self.search.grace_period > self.train.epochs:
             raise SpecError(f"search.grace_period: {self.search.grace_period} exceeds train.epochs {self.train.epochs}")
+        _check_loggers(self.loggers)
 
     def to_dict(self) -> Dict[str, Any]:
         return to_plain(self)
@@ -288,6 +407,36 @@ def _check_auxiliary(where: str, auxiliary: Sequence[str], tasks: Sequence[str])
                         "auxiliary (trained, not scored in Delta_m, no single-task baseline)")
 
 
+# logger name -> (the module it needs, the pip extra that installs it, its parameters)
+LOGGERS: Dict[str, Tuple[str, str, Tuple[str, ...]]] = {
+    "mlflow": ("mlflow", "mlflow", ("tracking_uri",)),
+    "wandb": ("wandb", "wandb", ("project", "entity", "mode")),
+}
+
+
+def _check_loggers(loggers: Sequence[Plugin]) -> None:
+    """Known names, once each, string parameters they accept, and their package installed."""
+    import importlib.util
+
+    names = [lg.name for lg in loggers]
+    for i, logger in enumerate(loggers):
+        where = f"loggers[{i}]"
+        if logger.name not in LOGGERS:
+            raise SpecError(f"{where}.name: unknown logger {logger.name!r}; valid: {', '.join(LOGGERS)}")
+        if names.index(logger.name) != i:
+            raise SpecError(f"{where}: logger {logger.name!r} is listed twice; list each logger once")
+        module, extra, accepted = LOGGERS[logger.name]
+        for key, value in logger.params.items():
+            if key not in accepted:
+                raise SpecError(f"{where}.params: unknown parameter {key!r} of logger {logger.name!r}; "
+                                f"accepted: {', '.join(accepted)}")
+            if not isinstance(value, str):
+                raise SpecError(f"{where}.params.{key}: {value!r} must be a string")
+        if importlib.util.find_spec(module) is None:
+            raise SpecError(f"{where}: logger {logger.name!r} needs the {module} package, which is not installed; "
+                            f"pip install -c constraints.txt -e '.[{extra}]'")
+
+
 def load_spec(source: Any) -> StudySpec:
     """A StudySpec from a YAML path, a YAML string's parsed dict, or a dict."""
     if isinstance(source, StudySpec):
@@ -295,7 +444,7 @@ def load_spec(source: Any) -> StudySpec:
     if isinstance(source, str):
         try:
             with open(source) as fh:
-                data = yaml.safe_load(fh)
+                data = load_yaml(fh)
         except OSError as err:
             raise SpecError(f"cannot read study spec {source!r}: {err.strerror}") from None
         except yaml.YAMLError as err:

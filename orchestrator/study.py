@@ -12,14 +12,14 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from orchestrator import baselines as bl
 from orchestrator import report, results
 from orchestrator.plan import Experiment, complexity, expand, smoke, validate
 from orchestrator.ray_env import cluster_resources, start_ray
 from orchestrator.spec import SUPERVISED_MTL, SpecError, StudySpec
-from orchestrator.tuning import check_fits, run_experiment, slots
+from orchestrator.tuning import check_fits, dashboards, run_experiment, slots
 from trainables.atomic import write_json
 from trainables.build import (
     architecture_info,
@@ -32,6 +32,7 @@ from trainables.build import (
 from trainables.config import TrialConfig
 from trainables.delta import delta_m
 from trainables.registry import DATASETS
+from trainables.tracking import TENSORBOARD, experiment_dir
 
 DEFAULT_STORAGE = "mtl_runs"
 
@@ -71,11 +72,12 @@ def prepare(spec: StudySpec, storage: str, smoke_run: bool, log: Callable[[str],
     DATASETS.get(spec.dataset.name).prepare(data_root, **dict(spec.dataset.params))  # generate / check once
     single, multi = expand(spec, info, data_root)
     if spec.dataset.labels:  # one label file for every model of the study
-        from trainables.datasets.partial import materialize
+        from trainables.datasets.partial import LabelMasked, materialize
 
         train_set = build_dataset(spec.dataset.plugin, data_root, "train", spec.tasks)
         try:
             label_file = materialize(study_dir, len(train_set), list(spec.tasks), dict(spec.dataset.labels))
+            LabelMasked.from_file(train_set, label_file, spec.tasks)  # its rows fit the split, as fit will use it
         except ValueError as err:  # e.g. a weights file with fewer rows than the training split
             raise SpecError(f"dataset.labels: {err}") from None
         log(f"partial labels {dict(spec.dataset.labels)}: {label_file}")
@@ -104,6 +106,7 @@ def baselines(p: Prepared, cluster: Cluster) -> Dict[str, List[dict]]:
     """Every single-task result of the study (cached or trained now), by experiment name."""
     base_results = bl.ensure_baselines([c for e in p.single for c in e.trial_configs()], p.cache_dir,
                                        cluster.actors, cluster.actor_options, p.log)
+    bl.link_events(base_results, p.cache_dir, os.path.join(p.study_dir, TENSORBOARD))  # cached: shared by studies
     by_experiment: Dict[str, List[dict]] = {}
     for r in base_results:
         by_experiment.setdefault(r["config"]["experiment"], []).append(r)
@@ -150,6 +153,7 @@ def run_study(spec: StudySpec, storage: str = DEFAULT_STORAGE, smoke_run: bool =
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, "spec.json"), "w") as fh:
         json.dump(spec.to_dict(), fh, indent=1)
+    results.write_provenance(run_dir)  # package versions, git commit, host, command line
 
     cluster = Cluster(p)
     by_experiment = baselines(p, cluster)
@@ -172,13 +176,16 @@ def run_study(spec: StudySpec, storage: str = DEFAULT_STORAGE, smoke_run: bool =
             row["selected"] = row["setting_hash"] == chosen[task]["setting_hash"] and row["status"] == "completed"
         rows += _write(exp_rows, run_dir, exp.name)
 
-    for exp in p.multi:
+    leader: Optional[Tuple[str, float]] = None  # the best selected model so far, on val
+    for index, exp in enumerate(p.multi, 1):
+        started = time.time()
         best = best_baselines(p, by_experiment, exp)
         derivation_json = ""
         if exp.grouping is not None:
             exp, derivation = derive(p, cluster, exp, best)
             derivation_json = json.dumps(derivation.details, sort_keys=True, default=float)
-        log(f"experiment {exp.name}: {len(exp.settings) * len(exp.seeds)} trial(s) through Ray Tune")
+        log(f"experiment {index}/{len(p.multi)} {exp.name}: {len(exp.settings) * len(exp.seeds)} trial(s) "
+            "through Ray Tune")
         baseline_val = {k: best[k.split("/")[0]]["val"][k] for k in directions}
         baseline_test = {k: best[k.split("/")[0]]["test"][k] for k in directions}
         if supervised is not None:
@@ -192,17 +199,20 @@ def run_study(spec: StudySpec, storage: str = DEFAULT_STORAGE, smoke_run: bool =
         if any(regulariser_info(r).needs_teachers for r in exp.base.regularisers):  # MuST: frozen teachers
             teachers = {task: best[task]["checkpoint"] for task in exp.base.scored_tasks}
             log(f"  {exp.name} learns from the single-task networks as teachers: {teachers}")
+        events = experiment_dir(os.path.join(p.study_dir, TENSORBOARD), exp.name)  # + /<setting>-seed<k> per trial
         exp = dataclasses.replace(exp, base=dataclasses.replace(exp.base, baseline_val=baseline_val,
                                                                 baseline_test=baseline_test, init_checkpoints=init,
-                                                                teacher_checkpoints=teachers))
+                                                                teacher_checkpoints=teachers, events_dir=events))
         outcomes = run_experiment(exp, spec.search, spec.resources, os.path.join(p.study_dir, "tune"),
-                                  cluster.resources, verbose)
+                                  cluster.resources, verbose, position=(index, len(p.multi)),
+                                  study_dir=p.study_dir, loggers=spec.loggers)
         exp_rows = [_row(o, exp, common, complexity_cache, directions, baseline_val, baseline_test)
                     for o in outcomes]
         for row in exp_rows:
             row["derivation_json"] = derivation_json
         _select(exp_rows)
         rows += _write(exp_rows, run_dir, exp.name)
+        leader = _experiment_done(exp_rows, exp.name, index, len(p.multi), time.time() - started, leader, log)
         chosen = next((r for r in exp_rows if r["selected"] and r["checkpoint_path"]), None)
         if exp.base.regularisers and chosen is not None:  # e.g. MGM's generated images, beside the results
             from trainables.train_loop import regulariser_artifacts
@@ -212,15 +222,37 @@ def run_study(spec: StudySpec, storage: str = DEFAULT_STORAGE, smoke_run: bool =
 
     path = results.write_rows(rows, os.path.join(p.study_dir, "results.parquet"))
     table = report.render(rows, primary_task=spec.primary_task)
-    wall = time.time() - t0
-    log("\n" + table + "\n")
-    log(f"results: {path} ({len(rows)} rows; all runs under {os.path.join(p.study_dir, 'results')})")
-    log(f"TensorBoard: tensorboard --logdir {os.path.join(p.study_dir, 'tune')}")
+    from orchestrator.plots import render_plots
+
+    for png in render_plots(p.study_dir, rows, run_dir, log):  # mtl plot re-renders them
+        log(f"plot: {png}")
     times = report.render_times(rows)
     if times:
         log("training time per run of each model's selected setting (IAL Table II; mtl report --times):\n" + times)
+    log(f"results: {path} ({len(rows)} rows; all runs under {os.path.join(p.study_dir, 'results')})")
+    for line in dashboards(p.study_dir, spec.loggers, any(e.weight_search for e in p.multi)):
+        log(line)  # TensorBoard, and MLflow / W&B / Optuna where the study uses them
+    wall = time.time() - t0
     log(f"wall time: {wall:.0f}s")
+    log("\n" + table)  # the last thing printed
     return {"results": path, "rows": rows, "table": table, "wall_time_s": wall, "study_dir": p.study_dir}
+
+
+def _experiment_done(rows: List[Dict[str, Any]], name: str, index: int, total: int, seconds: float,
+                     leader: Optional[Tuple[str, float]], log: Callable[[str], None]) -> Optional[Tuple[str, float]]:
+    """Log the end of an experiment: its selected setting's val Delta_m and the best so far."""
+    chosen = [r["val_delta_m"] for r in rows if r["selected"] and r["val_delta_m"] is not None]
+    failed = sum(1 for r in rows if r["status"] != "completed")
+    note = f", {failed} trial(s) not completed" if failed else ""
+    if not chosen:
+        log(f"experiment {index}/{total} {name} done in {seconds:.0f}s: no completed trial with a val Δm{note}")
+        return leader
+    dm = sum(chosen) / len(chosen)
+    if leader is None or dm > leader[1]:
+        leader = (name, dm)
+    log(f"experiment {index}/{total} {name} done in {seconds:.0f}s: val Δm {dm:+.2f}% (selected setting, "
+        f"mean of {len(chosen)} seed(s)){note}; best so far {leader[0]} {leader[1]:+.2f}%")
+    return leader
 
 
 def _row(outcome: dict, exp: Experiment, common: dict, cache: dict, directions: Dict[str, bool],
@@ -245,7 +277,9 @@ def _row(outcome: dict, exp: Experiment, common: dict, cache: dict, directions: 
         val_delta_m=delta_m(val, baseline_val, keys) if has(val) else None,
         test_delta_m=delta_m(test, baseline_test, keys) if has(test) else None,
         params=params, flops_g=gmacs, wall_time_s=outcome.get("wall_time_s"),
-        epochs_done=int(metrics.get("epoch", -1)) + 1, status=outcome["status"], error=outcome.get("error", ""),
+        # a failed run reports the epoch it diverged in, which it did not finish
+        epochs_done=int(metrics.get("epoch", -1)) + (0 if metrics.get("failed") else 1),
+        status=outcome["status"], error=outcome.get("error", ""),
         cached=bool(outcome.get("cached", False)), checkpoint_path=outcome.get("checkpoint_path", ""))
 
 
@@ -265,7 +299,8 @@ def _supervised_mtl(p: Prepared, by_experiment: Dict[str, List[dict]], exp: Expe
     _select(exp_rows)
     chosen = [r for r in exp_rows if r.get("selected")]
     if not chosen:
-        raise RuntimeError("the supervised MTL baseline did not finish; see the errors above")
+        raise bl.BaselineFailed(f"the supervised MTL baseline {exp.name} "
+                                f"{bl.failure_summary(by_experiment.get(exp.name, []))}{bl.BaselineFailed.CONSEQUENCE}")
     metrics = tuple({k: sum(r[f"{split}_metrics"][k] for r in chosen) / len(chosen) for k in p.directions}
                     for split in ("val", "test"))
     p.log(f"Delta baseline: supervised MTL, {len(chosen)} seed(s) of its best setting on val")
@@ -274,11 +309,11 @@ def _supervised_mtl(p: Prepared, by_experiment: Dict[str, List[dict]], exp: Expe
 
 def _select(rows: List[Dict[str, Any]]) -> None:
     """Mark the setting with the best mean validation Delta_m over its seeds (never test)."""
-    best = results.best_setting([r for r in rows if r["status"] == "completed"],
-                                setting=lambda r: r["setting_hash"], score=lambda r: r["val_delta_m"])
-    if best is not None:
-        for row in rows:
-            row["selected"] = row["setting_hash"] == best and row["status"] == "completed"
+    best = results.best_setting([r for r in rows if r["status"] in ("completed", "failed")],
+                                setting=lambda r: r["setting_hash"], score=lambda r: r["val_delta_m"],
+                                failed=lambda r: r["status"] == "failed")  # a diverged seed rules its setting out
+    for row in rows:  # every row says (an experiment whose trials all failed has none selected)
+        row["selected"] = best is not None and row["setting_hash"] == best and row["status"] == "completed"
 
 
 def _write(rows: List[Dict[str, Any]], run_dir: str, experiment: str) -> List[Dict[str, Any]]:

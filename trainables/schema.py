@@ -3,8 +3,8 @@
 One converter serves every typed structure of the product: study specs, ``TrialConfig`` and
 each plug-in's ``Params`` dataclass. ``from_plain(cls, data, where)`` rejects unknown keys
 with the accepted ones listed, fills nothing that is not given (dataclass defaults do that),
-converts by the type hints (lists -> tuples, ints -> floats, nested dataclasses, Optional and
-Union arms) and raises ``ConfigError`` whose message starts with the path of the bad value,
+converts by the type hints (lists -> tuples, ints and numeric strings -> floats, nested
+dataclasses, Optional and Union arms) and raises ``ConfigError`` whose message starts with the path of the bad value,
 e.g. ``experiments[1].balancer.name`` or ``balancer 'mgda'.max_iter``. The dataclasses' own
 ``__post_init__`` checks run after it (value ranges, cross-field rules).
 """
@@ -13,8 +13,13 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import numbers
+import re
 import typing
 from typing import Any, Mapping
+
+
+# a decimal number as text: YAML 1.1 (PyYAML) reads "2e-4" (no dot) as a string, YAML 1.2 as a float
+NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 
 
 class ConfigError(ValueError):
@@ -107,6 +112,8 @@ def convert(hint: Any, value: Any, path: str) -> Any:
             raise ConfigError(f"{path}: expected an integer, got {value!r}")
         return int(value)
     if hint is float:
+        if isinstance(value, str) and NUMBER.fullmatch(value.strip()):
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
         return float(value)

@@ -9,6 +9,8 @@ torch.distributed process group (Ray Train's, or one a test starts) they all-red
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import tempfile
 from typing import Any, Callable, Dict, Iterable, List, Optional
 
@@ -20,6 +22,18 @@ from torch.utils.data import DataLoader
 from trainables.atomic import atomic_write
 
 STATE_FILE = "state.pt"
+
+
+def load_state_file(path: str, device: Any = "cpu") -> Dict[str, Any]:
+    """A saved training state: tensors and plain data only (``weights_only=True``), so a planted
+    file cannot run code; one that holds anything else is refused in one line naming it."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as err:  # torch's text is many lines and advises the unsafe way out
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = f" (the global {found.group(1)})" if found else ""
+        raise ValueError(f"{path}: refused to load: it holds objects other than tensors and plain data{what}; "
+                         "only load checkpoints this tool wrote") from None
 
 
 def default_device() -> torch.device:
@@ -79,7 +93,7 @@ class Session:
     def restore(self) -> Optional[Dict[str, Any]]:
         path = self.checkpoint_dir and os.path.join(self.checkpoint_dir, STATE_FILE)
         if path and os.path.exists(path):
-            return torch.load(path, map_location=self.device, weights_only=True)
+            return load_state_file(path, self.device)
         return None
 
     def after_epoch(self, epoch: int, model: nn.Module, tasks: Dict[str, Any]) -> None:
@@ -124,7 +138,7 @@ class RayTrainSession(Session):
         if checkpoint is None:
             return None
         with checkpoint.as_directory() as directory:
-            return torch.load(os.path.join(directory, STATE_FILE), map_location=self.device, weights_only=True)
+            return load_state_file(os.path.join(directory, STATE_FILE), self.device)
 
     def report(self, metrics: Dict[str, Any], state: Optional[Dict[str, Any]] = None) -> None:
         self.reports.append(dict(metrics))

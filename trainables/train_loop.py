@@ -6,6 +6,14 @@ epoch, the test split after the last epoch, and one report + checkpoint per epoc
 V2 polls workers every ~2 s and a report blocks until picked up, so per-step reports would
 stall training). Metrics are split-level: every worker accumulates sum-reducible statistics
 on its shard of the split, and the session all-reduces them.
+
+A diverged run ends at once, without an exception (a deterministic divergence must not be
+retried): a non-finite training loss of any task or regulariser term at any step (every worker
+stops at the same step), or a non-finite validation loss or primary metric of a scored task, or
+a non-finite Delta_m / score, makes ``fit`` report ``{"epoch", "failed": reason, "val_score":
+nan}`` (Tune needs its metric in every report) and return that report; the reason names the
+epoch (and step) and the task or metric. A scored task with no labelled validation sample fails
+the run too: its score would be undefined, so the run could never be selected.
 """
 from __future__ import annotations
 
@@ -13,7 +21,7 @@ import math
 import os
 import random
 import time
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -33,15 +41,16 @@ from trainables.build import (
 from trainables.config import TrialConfig
 from trainables.delta import delta_m
 from trainables.optim import make_optimizer, make_scheduler
-from trainables.session import STATE_FILE, Session
+from trainables.session import STATE_FILE, Session, load_state_file
 from trainables.steps import labelled, training_step
 from trainables.tasks.base import Task
+from trainables.tracking import open_events
 
 
 def load_state(checkpoint: str) -> Dict[str, Any]:
     """A training state saved by ``Session.report``: from its folder or the state.pt itself."""
     path = os.path.join(checkpoint, STATE_FILE) if os.path.isdir(checkpoint) else checkpoint
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return load_state_file(path)
 
 
 def load_teachers(cfg: TrialConfig, tasks: Mapping[str, Task]) -> Dict[str, nn.Module]:
@@ -74,8 +83,10 @@ def to_device(batch: Any, device: torch.device) -> Any:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, tasks: Mapping[str, Task], dataset, session: Session, batch_size: int) -> Dict[str, float]:
-    """Split-level metrics ("task/metric" -> value) and mean losses ("task/loss")."""
+def evaluate(model: nn.Module, tasks: Mapping[str, Task], dataset, session: Session, batch_size: int,
+             counts: Optional[Dict[str, float]] = None) -> Dict[str, float]:
+    """Split-level metrics ("task/metric" -> value) and mean losses ("task/loss"); ``counts``, when
+    given, receives each task's number of labelled samples (0: its loss and metrics are NaN)."""
     shard = Subset(dataset, range(session.rank, len(dataset), session.world_size))  # no padding
     loader = DataLoader(shard, batch_size=batch_size, shuffle=False)
     states = {n: t.metric_state(session.device) for n, t in tasks.items()}
@@ -100,6 +111,8 @@ def evaluate(model: nn.Module, tasks: Mapping[str, Task], dataset, session: Sess
         for key, value in task.compute_metric(states[name]).items():
             metrics[f"{name}/{key}"] = float(value)
         count = float(loss_sums[i, 1])
+        if counts is not None:
+            counts[name] = count
         metrics[f"{name}/loss"] = float(loss_sums[i, 0]) / count if count else math.nan
     return metrics
 
@@ -113,6 +126,39 @@ def score(cfg: TrialConfig, metrics: Mapping[str, float], baseline: Mapping[str,
         (key, higher), = directions.items()
         return {"score": metrics[key] if higher else -metrics[key]}
     return {"score": -sum(metrics[f"{t}/loss"] for t in cfg.scored_tasks)}
+
+
+def training_diverged(losses: Mapping[str, float], epoch: int, step: int, session: Session) -> Optional[str]:
+    """Why this step ends the run (a non-finite task loss or ``reg/`` term), or None. Every worker
+    takes part in one all-reduce of the verdict, so all stop at the same step."""
+    bad = next((k for k, v in losses.items() if not math.isfinite(v)), None)
+    reason = None
+    if bad is not None:
+        what = f"regulariser term {bad[4:]!r}" if bad.startswith("reg/") else f"loss of task {bad!r}"
+        reason = f"epoch {epoch}, step {step}: training {what} is {losses[bad]}"
+    if session.world_size > 1:
+        flag = torch.tensor([0.0 if reason is None else 1.0], device=session.device)
+        if session.all_reduce_(flag).item() > 0 and reason is None:
+            reason = f"epoch {epoch}, step {step}: a training loss is non-finite on another worker"
+    return reason
+
+
+def validation_diverged(val: Mapping[str, float], counts: Mapping[str, float], scores: Mapping[str, float],
+                        directions: Mapping[str, bool], epoch: int) -> Optional[str]:
+    """Why this epoch's validation ends the run, or None: per scored task (``directions``' keys),
+    no labelled sample, a non-finite loss or primary metric; then a non-finite Delta_m / score.
+    Auxiliary tasks' metrics are logged only (their training losses are checked every step)."""
+    for key in directions:
+        task = key.split("/")[0]
+        if not counts.get(task):
+            return f"epoch {epoch}: the validation split has no labelled sample of task {task!r}, so {key} is undefined"
+        for name in (f"{task}/loss", key):
+            if not math.isfinite(val[name]):
+                return f"epoch {epoch}: validation {name} is {val[name]}"
+    for name, value in scores.items():
+        if not math.isfinite(value):
+            return f"epoch {epoch}: validation {'Delta_m' if name == 'delta_m' else name} is {value}"
+    return None
 
 
 def fit(cfg: TrialConfig, session: Session) -> Dict[str, Any]:
@@ -218,7 +264,9 @@ def fit(cfg: TrialConfig, session: Session) -> Dict[str, Any]:
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, last = state["epoch"] + 1, state.get("metrics", {})
     model = session.prepare_model(model)
+    events = open_events(cfg, session.rank, start_epoch)  # TensorBoard, rank 0 (None: off)
 
+    failed: Optional[Tuple[int, str]] = None  # (epoch, reason) of a diverged run
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         # Every epoch's randomness (shuffle, augmentation, random balancers) is a function of
@@ -244,6 +292,10 @@ def fit(cfg: TrialConfig, session: Session) -> Dict[str, Any]:
                 batch = reg.extend_batch(batch, weak, epoch)
             losses = training_step(model, balancer, tasks, batch, optimizer, session, regularisers, meta)
             losses.update({f"reg/{k}": v for k, v in own_logs.items()})
+            reason = training_diverged(losses, epoch, step, session)
+            if reason is not None:
+                failed = (epoch, reason)
+                break
             scheduler.step()
             for i, name in enumerate(cfg.tasks):
                 if name in losses:
@@ -252,20 +304,28 @@ def fit(cfg: TrialConfig, session: Session) -> Dict[str, Any]:
             for key, value in losses.items():
                 if key.startswith("reg/"):
                     reg_sums[key] = reg_sums.get(key, 0.0) + value
+        if failed is not None:
+            break
         session.all_reduce_(sums)
         train_losses = {name: float(sums[0, i] / sums[1, i]) for i, name in enumerate(cfg.tasks) if sums[1, i] > 0}
         if balancer.info.needs_epoch_losses:
             balancer.on_epoch_end(epoch, train_losses)
 
         session.after_epoch(epoch, model.module if hasattr(model, "module") else model, tasks)
-        val = evaluate(model, tasks, val_set, session, cfg.eval_batch_size)
+        val_counts: Dict[str, float] = {}
+        val = evaluate(model, tasks, val_set, session, cfg.eval_batch_size, counts=val_counts)
+        scores = score(cfg, val, cfg.baseline_val, directions)
+        reason = validation_diverged(val, val_counts, scores, directions, epoch)
+        if reason is not None:
+            failed = (epoch, reason)
+            break
         report: Dict[str, Any] = {"epoch": epoch, "lr": scheduler.get_last_lr()[0],
                                   "epoch_time_s": time.perf_counter() - t0}
         report.update({f"train/{n}/loss": v for n, v in train_losses.items()})
         report.update({f"train/{k}": v / steps for k, v in reg_sums.items()})  # this worker's epoch mean
         report.update({f"weight/{n}": w for n, w in balancer.current_weights().items()})
         report.update({f"val/{k}": v for k, v in val.items()})
-        report.update({f"val_{k}": v for k, v in score(cfg, val, cfg.baseline_val, directions).items()})
+        report.update({f"val_{k}": v for k, v in scores.items()})
         if epoch == cfg.epochs - 1:  # reported, never used for selection
             test_set = build_dataset(cfg.dataset, cfg.data_root, "test", cfg.tasks)
             test = evaluate(model, tasks, test_set, session, cfg.eval_batch_size)
@@ -278,8 +338,15 @@ def fit(cfg: TrialConfig, session: Session) -> Dict[str, Any]:
                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                  "own_optimizers": {k: o.state_dict() for k, o in own_optimizers.items()},
                  "epoch": epoch, "metrics": report, "config": cfg.to_dict()}
+        if events is not None:
+            events.write(report, step=epoch + 1)
         session.report(report, state=state)
         last = report
+    if events is not None:
+        events.close()
+    if failed is not None:  # no checkpoint: a retry would only diverge again
+        last = {"epoch": failed[0], "failed": failed[1], "finished": False, "val_score": math.nan}
+        session.report(last)
     return last
 
 

@@ -3,7 +3,7 @@
 Liu, Johns and Davison, "Auto-Lambda: Disentangling Dynamic Task Relationships", TMLR 2022:
 CIFAR-100 (Krizhevsky, 2009) split into 20 tasks, task k classifying the 5 fine classes of
 superclass k; every image belongs to exactly one task. Read from the official python files
-in torchvision's layout (pickles with byte keys, ``pickle.load(encoding="bytes")``):
+in torchvision's layout (pickles with byte keys, read with ``encoding="bytes"``):
 
     <root>/cifar-100-python/train   b'data' uint8 [50000, 3072] (R, G, B planes of 32 x 32),
     <root>/cifar-100-python/test    b'fine_labels' [N] in 0..99, b'coarse_labels' [N] in 0..19
@@ -23,10 +23,20 @@ Splits: "train" / "val" = seeded hold-out of the official train file (``val_frac
 "test" = the official test file. Images: CIFAR-100 mean / std. Augmentation
 (``augment=True``): random 32 x 32 crop of the image zero-padded by 4 and a horizontal flip.
 Default batch sizes (32, 64, 128) are our choice (the survey grid has none for this set).
+
+Safe loading: the files are read by a restricted unpickler, never ``pickle.load``. A pickle
+can name any importable callable and have it called (a planted file would run code), so only
+what the official files hold is resolved: dicts, lists, bytes / str and ints (pickle opcodes,
+no import) and numpy arrays, i.e. the globals ``numpy.core.multiarray._reconstruct`` (numpy 1
+and the Python 2 files; ``numpy._core.multiarray`` under numpy 2), ``numpy.ndarray`` and
+``numpy.dtype``, plus ``numpy._core.numeric._frombuffer`` of files re-saved with pickle
+protocol 5. Any other global is refused in one line naming the file and the global (so is a
+file re-saved by Python 3 with protocol 2, whose bytes go through ``_codecs.encode``).
 """
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import pickle
 from dataclasses import dataclass
@@ -67,10 +77,35 @@ class MultiCifar100Params(HoldoutParams):
             raise ValueError(f"multi_cifar100: crop_padding must be an int >= 0, got {c!r}")
 
 
+# (module, name) a CIFAR pickle may name -> (its module under numpy 2, under numpy 1, its name)
+_ALLOWED = {
+    **dict.fromkeys([("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct")],
+                    ("numpy._core.multiarray", "numpy.core.multiarray", "_reconstruct")),
+    **dict.fromkeys([("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")],
+                    ("numpy._core.numeric", "numpy.core.numeric", "_frombuffer")),
+    ("numpy", "ndarray"): ("numpy", "numpy", "ndarray"),
+    ("numpy", "dtype"): ("numpy", "numpy", "dtype"),
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """``pickle.Unpickler`` that resolves only the globals of ``_ALLOWED`` (see the docstring)."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _ALLOWED:
+            raise pickle.UnpicklingError(f"refused global {module}.{name}: a CIFAR-100 file holds only dicts, "
+                                         "lists, bytes and numpy arrays")
+        current, legacy, attr = _ALLOWED[module, name]
+        try:
+            return getattr(importlib.import_module(current), attr)
+        except ImportError:  # numpy 1 has no numpy._core
+            return getattr(importlib.import_module(legacy), attr)
+
+
 def _unpickle(path: str) -> dict:
     try:
         with open(path, "rb") as fh:
-            data = pickle.load(fh, encoding="bytes")
+            data = _CifarUnpickler(fh, encoding="bytes").load()
     except FileNotFoundError:
         raise readers.DataCheckError(path, "missing file (CIFAR-100 python version)") from None
     except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as err:

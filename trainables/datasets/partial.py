@@ -133,7 +133,11 @@ def load_label_weights(path: str, task_names: Sequence[str]) -> np.ndarray:
         keys = sorted(map(str, data)) if isinstance(data, Mapping) else type(data).__name__
         raise ValueError(f"{path}: a dict with key 'labels_weights' expected, found {keys}")
     w = data["labels_weights"]
-    w = w.detach().cpu().numpy() if isinstance(w, torch.Tensor) else np.asarray(w)
+    try:
+        w = w.detach().cpu().numpy() if isinstance(w, torch.Tensor) else np.asarray(w)
+    except (TypeError, ValueError) as err:  # e.g. ragged rows
+        raise ValueError(f"{path}: labels_weights of shape [N, {len(task_names)}] (tasks {list(task_names)}) "
+                         f"expected, found {type(w).__name__} that is no array ({err})") from None
     if w.ndim != 2 or w.shape[0] < 1 or w.shape[1] != len(task_names):
         raise ValueError(f"{path}: labels_weights of shape [N, {len(task_names)}] (tasks {list(task_names)}) "
                          f"expected, found {tuple(w.shape)}")
@@ -192,7 +196,8 @@ def materialize(study_dir: str, num_train: int, task_names: list, labels: Mappin
             digest = hashlib.sha256(fh.read()).hexdigest()
         mask = load_label_weights(source, columns)
         if mask.shape[0] < num_train:
-            raise ValueError(f"{source}: {mask.shape[0]} rows, fewer than the {num_train} training samples")
+            raise ValueError(f"{source}: {mask.shape[0]} rows, fewer than the {num_train} training samples; "
+                             f"labels_weights of shape [>= {num_train}, {len(columns)}] (tasks {columns}) expected")
         stem = re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.splitext(os.path.basename(source))[0]) or "weights"
         meta = {"weights_file": os.path.abspath(source), "sha256": digest, "tasks": columns,
                 "rows": "items" if mask.shape[0] == num_train else "source"}
@@ -248,6 +253,8 @@ class LabelMasked(torch.utils.data.Dataset):
     def from_file(cls, dataset, path: str, tasks: Sequence[str]) -> "LabelMasked":
         """Mask ``dataset`` with the file's columns for ``tasks`` (a subset of the file's tasks)."""
         mask, names, meta = load_label_mask(path)
+        source = meta.get("weights_file", path)  # the user's file, when the mask came from one
+        expected = f"labels_weights of shape [{{}}, {len(names)}] (tasks {names}) expected"
         missing = [t for t in tasks if t not in names]
         if missing:
             raise ValueError(f"{path}: no labels for task(s) {missing}; the file has {names}")
@@ -256,12 +263,15 @@ class LabelMasked(torch.utils.data.Dataset):
         if meta.get("rows") == "source":
             rows = getattr(dataset, "source_indices", None)
             if rows is None:
-                raise ValueError(f"{path}: rows index the official training list, but the dataset "
-                                 f"{type(dataset).__name__} has no source_indices")
+                raise ValueError(f"{source}: {mask.shape[0]} rows for a training split of {len(dataset)} samples, "
+                                 f"and dataset {type(dataset).__name__} has no official list (no source_indices) "
+                                 f"that its rows could index; {expected.format(len(dataset))}")
             if len(rows) and max(rows) >= mask.shape[0]:
-                raise ValueError(f"{path}: {mask.shape[0]} rows, but the dataset needs row {max(rows)}")
+                raise ValueError(f"{source}: {mask.shape[0]} rows, but the training split uses row {max(rows)} of "
+                                 f"the official training list; {expected.format(f'>= {max(rows) + 1}')}")
         elif mask.shape[0] != len(dataset):
-            raise ValueError(f"{path}: {mask.shape[0]} rows for a dataset of {len(dataset)} samples")
+            raise ValueError(f"{source}: {mask.shape[0]} rows for a dataset of {len(dataset)} samples; "
+                             f"{expected.format(len(dataset))}")
         return cls(dataset, mask[:, columns], tasks, rows)
 
     def __len__(self) -> int:

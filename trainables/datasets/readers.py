@@ -3,6 +3,12 @@
 A missing folder, an unreadable or corrupt file and a value out of range are each reported as
 one line "<path>: <what was expected>" - by ``mtl data check`` and by ``prepare`` before any
 expensive work starts, instead of a stack trace from deep inside a DataLoader worker.
+
+``require_file`` also checks a file's header without decoding it (``check_header``): the loaders
+call it for every file of every split while ``prepare`` decodes only the first and the last
+sample of each list, so an empty, truncated or mislabelled file in the middle of a split is named
+before a study starts. Bad pixel values inside an intact file are found only by decoding (``mtl
+data check`` decodes up to ``CHECK_DECODE`` samples per list).
 """
 from __future__ import annotations
 
@@ -28,9 +34,67 @@ def require_dir(path: str, what: str) -> str:
 
 
 def require_file(path: str, what: str) -> str:
+    """``path`` if it is a file whose header passes ``check_header``."""
     if not os.path.isfile(path):
         raise DataCheckError(path, f"missing file ({what})")
+    check_header(path)
     return path
+
+
+_PNG_SIGNATURE, _PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"  # the IEND chunk's type and CRC end every PNG
+_JPEG_START, _JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"  # SOI + a marker; EOI
+_JPEG_TAIL = 1024  # EOI may be followed by padding: look for it in the last KiB
+
+
+def check_header(path: str) -> None:
+    """Cheap checks of a .npy, .png or .jpg / .jpeg file, reading its first and last bytes only:
+    not empty; a .npy's magic and header readable, no Python objects, and at least the data bytes
+    its header declares; an image (told by its signature, whatever its extension) a PNG ending
+    with the IEND chunk, or a JPEG with an end-of-image marker in its last KiB (JPEG's
+    entropy-coded data never holds one). Other files are not looked into. Raises
+    ``DataCheckError`` naming the file."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in (".npy", ".png", ".jpg", ".jpeg"):
+        return
+    kind = ".npy array" if ext == ".npy" else "image"
+    try:
+        size = os.path.getsize(path)
+        if size == 0:
+            raise DataCheckError(path, f"not a readable {kind} (empty file)")
+        with open(path, "rb") as fh:
+            if ext == ".npy":
+                _check_npy(path, fh, size)
+                return
+            head = fh.read(8)
+            fh.seek(max(0, size - _JPEG_TAIL))
+            tail = fh.read()
+    except OSError as err:
+        raise DataCheckError(path, f"not a readable {kind} ({err.strerror})") from None
+    if head == _PNG_SIGNATURE:
+        if not tail.endswith(_PNG_END):
+            raise DataCheckError(path, "not a readable image (truncated PNG: it does not end with the IEND chunk)")
+    elif head.startswith(_JPEG_START):
+        if _JPEG_END not in tail:
+            raise DataCheckError(path, "not a readable image (truncated JPEG: no end-of-image marker)")
+    else:
+        raise DataCheckError(path, "not a readable image (neither a PNG nor a JPEG signature)")
+
+
+def _check_npy(path: str, fh, size: int) -> None:
+    try:
+        major, _ = np.lib.format.read_magic(fh)
+        # format 3.0 differs from 2.0 only in the header's text encoding (utf-8)
+        read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(fh)
+    except ValueError as err:
+        raise DataCheckError(path, f"not a readable .npy array ({err})") from None
+    if dtype.hasobject:
+        raise DataCheckError(path, f"not a readable .npy array (it holds Python objects, dtype {dtype}; "
+                                   "numbers expected)")
+    need, have = int(np.prod(shape)) * dtype.itemsize, size - fh.tell()
+    if have < need:
+        raise DataCheckError(path, f"not a readable .npy array (truncated: its header declares {dtype} {shape}, "
+                                   f"{need} data bytes; the file holds {have})")
 
 
 def read_id_list(path: str) -> List[str]:
