@@ -8,10 +8,17 @@ keyed by everything that determines it (the whole TrialConfig except its experim
 are trained in parallel by a pool of Ray actors, one run per actor at a time. A baseline's
 TensorBoard events live in its cache entry too (``<hash>/tensorboard/<run>``); ``link_events``
 shows them in a study's own TensorBoard folder.
+
+Concurrent studies on one storage: an entry is trained under an exclusive ``fcntl.flock`` on
+``<cache>/<hash>.lock`` (``train_once``), and the lock holder looks in the cache again first, so
+a second study that needs the same baseline waits for the first one's run and then reads its
+result - each baseline is trained once. The result JSON is written to a temporary file, fsynced
+and renamed. flock is per host on local disks; on NFS, Linux maps it to NFS byte-range locks.
 """
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
 import time
@@ -20,7 +27,7 @@ from statistics import mean
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 from orchestrator.results import best_setting
-from trainables.atomic import write_json
+from orchestrator.runs import write_json_durable
 from trainables.config import TrialConfig, stable_hash
 from trainables.tracking import TENSORBOARD, experiment_dir, link_run, run_dir
 
@@ -40,6 +47,23 @@ def load_cached(cache_dir: str, cfg: TrialConfig) -> Optional[dict]:
         return json.load(fh)
 
 
+def train_once(out_dir: str, train: Callable[[], dict]) -> dict:
+    """The cache entry ``out_dir``'s result: read if there, else ``train()`` (its result is cached
+    when completed), under an exclusive lock on ``<out_dir>.lock`` so that concurrent callers on
+    one storage train it once; a result read from the cache says ``cached: True``."""
+    os.makedirs(os.path.dirname(out_dir), exist_ok=True)
+    with open(out_dir + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        path = os.path.join(out_dir, RESULT_FILE)
+        if os.path.exists(path):  # another study trained it while this one waited
+            with open(path) as fh:
+                return {**json.load(fh), "cached": True}
+        result = train()
+        if result["status"] == "completed":
+            write_json_durable(path, result)
+        return {**result, "cached": False}
+
+
 class BaselineTrainer:
     """Actor body: trains one single-task config per call, in this process."""
 
@@ -51,10 +75,13 @@ class BaselineTrainer:
         torch.set_num_threads(max(1, num_threads))
 
     def train(self, config: dict, out_dir: str) -> dict:
+        # a result another study cached carries that study's experiment name: this config replaces it
+        return {**train_once(out_dir, lambda: self._fit(TrialConfig.from_dict(config), out_dir)), "config": config}
+
+    def _fit(self, cfg: TrialConfig, out_dir: str) -> dict:
         from trainables.session import Session
         from trainables.train_loop import fit
 
-        cfg = TrialConfig.from_dict(config)
         start = time.time()
         # The checkpoint lives in the cache entry: an actor restarted after a crash resumes.
         try:
@@ -63,11 +90,8 @@ class BaselineTrainer:
             status, error = ("failed", last["failed"]) if last.get("failed") else ("completed", "")
         except Exception as err:  # reported as an error row; never cached (nor is a failed one)
             last, status, error = {}, "error", f"{type(err).__name__}: {err}"
-        result = {"config": cfg.to_dict(), "metrics": last, "wall_time_s": time.time() - start,
-                  "status": status, "error": error, "checkpoint_path": out_dir}
-        if status == "completed":
-            write_json(os.path.join(out_dir, RESULT_FILE), result)
-        return result
+        return {"config": cfg.to_dict(), "metrics": last, "wall_time_s": time.time() - start,
+                "status": status, "error": error, "checkpoint_path": out_dir}
 
 
 def ensure_baselines(
@@ -94,8 +118,8 @@ def ensure_baselines(
         log(f"  [{i}/{len(jobs)}] {cfg['experiment']} {_setting(cfg)} seed={cfg['seed']}: "
             + (f"{result['status']} val_score={result['metrics'].get('val_score', float('nan')):.4g} "
                if result["status"] == "completed" else f"{result['status'].upper()} ({result['error']}) ")
-            + f"({result['wall_time_s']:.0f}s)")
-        results.append({**result, "cached": False})
+            + f"({result['wall_time_s']:.0f}s)" + (" [trained by a concurrent study]" if result["cached"] else ""))
+        results.append(result)
     return results
 
 

@@ -1,4 +1,5 @@
-"""The ``mtl`` command: run (or plan) studies, report results, list plug-ins, print the spec reference."""
+"""The ``mtl`` command: run (or plan), resume and check studies, report results, list plug-ins, print
+the spec reference."""
 from __future__ import annotations
 
 import argparse
@@ -15,6 +16,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mtl", description="Multi-task learning studies on Ray.",
                                 **_examples("mtl run                          # the quickstart study",
                                             "mtl report mtl_runs/quickstart   # its table again",
+                                            "mtl resume quickstart            # continue a run stopped by Ctrl-C",
                                             "mtl list                         # plug-ins and presets",
                                             "mtl run --help                   # a command's options and examples"))
     p.add_argument("--version", action="version", version=f"mtl {version()}")
@@ -46,6 +48,20 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--format", default="markdown", choices=("markdown", "csv", "latex"))
     rep.add_argument("--times", action="store_true",
                      help="the training-time table instead (IAL Table II: seconds per run, x the single-task networks)")
+    rep.add_argument("--all-runs", action="store_true",
+                     help="read interrupted, killed and failed runs too (default: finished runs only)")
+
+    res = _command(sub, "resume", "continue a study's latest interrupted or killed run in its own folder",
+                   "mtl resume quickstart                     # after a Ctrl-C of mtl run quickstart",
+                   "mtl resume survey_nyud --storage /nfs/mtl_runs")
+    res.add_argument("study", help="the study's name (its folder under --storage), a preset or a spec .yaml")
+    res.add_argument("--storage", default=None, help="results root (default ./mtl_runs)")
+    res.add_argument("--verbose", action="store_true", help="Tune's own status tables too")
+
+    stat = _command(sub, "status", "the latest run of a study, from its files (Ray is not started)",
+                    "mtl status quickstart", "mtl status survey_nyud --storage /nfs/mtl_runs")
+    stat.add_argument("study", help="the study's name (its folder under --storage), a preset or a spec .yaml")
+    stat.add_argument("--storage", default=None, help="results root (default ./mtl_runs)")
     add_plot_parser(sub)
 
     models = _command(sub, "models", "every model of a study with #P and FLOPS at its real input size "
@@ -163,28 +179,96 @@ def check_storage(storage: str, study: str) -> None:
 
 
 def cmd_run(args) -> int:
+    from orchestrator.study import DEFAULT_STORAGE
+
+    def run():
+        spec = _override(_load(args.study), args)
+        if args.dry_run:
+            print(dry_run(spec, args.storage or DEFAULT_STORAGE, args.smoke))
+            return None
+        return spec, False
+
+    return _run_or_resume("run", run, args)
+
+
+def cmd_resume(args) -> int:
+    import json
+
+    from orchestrator.runs import latest_unfinished
+    from orchestrator.spec import SpecError, load_spec
+    from orchestrator.study import DEFAULT_STORAGE
+
+    def resume():
+        results_dir = os.path.join(os.path.abspath(os.path.expanduser(args.storage or DEFAULT_STORAGE)),
+                                   _study_name(args.study), "results")
+        run_dir = latest_unfinished(results_dir)
+        if run_dir is None:
+            raise SpecError(f"no interrupted or killed run to resume under {results_dir} (mtl status shows the latest)")
+        with open(os.path.join(run_dir, "spec.json")) as fh:  # the run's own spec, already shrunk if --smoke
+            return load_spec(json.load(fh)), True
+
+    return _run_or_resume("resume", resume, args)
+
+
+def _run_or_resume(command: str, make, args) -> int:
+    """``mtl run`` / ``mtl resume``: ``make()`` gives (spec, resume) or None when there is nothing to
+    run; the exit status: 0, 1 (a baseline failed), 2 (a bad spec or dataset), 130 (Ctrl-C)."""
     from orchestrator.baselines import BaselineFailed
     from orchestrator.spec import SpecError
     from orchestrator.study import DEFAULT_STORAGE, run_study
     from trainables.datasets.readers import DataCheckError
 
+    storage = args.storage or DEFAULT_STORAGE
+    name = None
     try:
-        spec = _override(_load(args.study), args)
-        if args.dry_run:
-            print(dry_run(spec, args.storage or DEFAULT_STORAGE, args.smoke))
+        made = make()
+        if made is None:
             return 0
-        check_storage(args.storage or DEFAULT_STORAGE, spec.name)
-        run_study(spec, storage=args.storage or DEFAULT_STORAGE, smoke_run=args.smoke,
-                  verbose=1 if args.verbose else 0)
+        spec, resume = made
+        name = spec.name
+        check_storage(storage, spec.name)
+        run_study(spec, storage=storage, smoke_run=getattr(args, "smoke", False) and not resume,
+                  verbose=1 if args.verbose else 0, resume=resume)
     except SpecError as err:
-        print(f"mtl run: invalid study spec: {err}", file=sys.stderr)
+        print(f"mtl {command}: invalid study spec: {err}", file=sys.stderr)
         return 2
     except DataCheckError as err:
-        print(f"mtl run: dataset check failed: {err}", file=sys.stderr)
+        print(f"mtl {command}: dataset check failed: {err}", file=sys.stderr)
         return 2
     except BaselineFailed as err:
-        print(f"mtl run: study stopped: {err}", file=sys.stderr)
+        print(f"mtl {command}: study stopped: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # the run is marked interrupted (runs.StudyInterrupted) unless Ray had not started
+        print(f"mtl {command}: interrupted; continue with: mtl resume {name or args.study} --storage {storage}",
+              file=sys.stderr)
+        return 130  # what a shell reports for a command ended by SIGINT (128 + 2)
+    return 0
+
+
+def _study_name(study: str) -> str:
+    """A study's folder name: ``study`` itself, or the name in the preset / spec file it names."""
+    from search_spaces import PRESETS
+
+    if study in PRESETS or os.path.isfile(study):
+        return _load(study).name
+    return study
+
+
+def cmd_status(args) -> int:
+    from orchestrator.runs import summary
+    from orchestrator.spec import SpecError
+    from orchestrator.study import DEFAULT_STORAGE
+
+    try:
+        study_dir = os.path.join(os.path.abspath(os.path.expanduser(args.storage or DEFAULT_STORAGE)),
+                                 _study_name(args.study))
+    except SpecError as err:
+        print(f"mtl status: invalid study spec: {err}", file=sys.stderr)
+        return 2
+    if not os.path.isdir(study_dir):
+        print(f"mtl status: no study folder {study_dir} (--storage?)", file=sys.stderr)
+        return 2
+    print("\n".join(summary(study_dir)))
     return 0
 
 
@@ -253,7 +337,7 @@ def cmd_report(args) -> int:
     from orchestrator.report import load_rows, render, render_times
 
     try:
-        rows, skipped = load_rows(args.results)
+        rows, skipped = load_rows(args.results, all_runs=args.all_runs)
     except FileNotFoundError as err:
         print(f"mtl report: {err}", file=sys.stderr)
         return 2
@@ -365,7 +449,8 @@ def _capabilities(cls) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    commands = {"run": cmd_run, "report": cmd_report, "models": cmd_models, "group": cmd_group, "data": cmd_data,
+    commands = {"run": cmd_run, "resume": cmd_resume, "status": cmd_status, "report": cmd_report,
+                "models": cmd_models, "group": cmd_group, "data": cmd_data,
                 "list": cmd_list, "plot": plot_main, "spec-doc": cmd_spec_doc}
     try:
         args = _parser().parse_args(argv)

@@ -8,9 +8,12 @@ from typing import Any, Callable, Dict, List
 
 # Lines of Ray's own that concern no user of this tool (each seen on every healthy run): Ray
 # Train's per-report dump, the core worker's note on PreemptionWatcher's restart arguments
-# (ray-project/ray#53727), the token-authentication notice. Errors and everything else pass.
+# (ray-project/ray#53727), the token-authentication notice, and the raylet's note that more
+# worker processes started than CPUs (every trial's zero-CPU driver counts; nothing to act on).
+# Errors and everything else pass.
 NOISE = re.compile(r"Reporting training result \d+: TrainingReport|class name: 'PreemptionWatcher'.*max_restarts"
-                   r"|Token authentication is enabled for this Ray cluster")
+                   r"|Token authentication is enabled for this Ray cluster"
+                   r"|PYTHON worker processes have been started on node")
 
 
 class _DropNoise(logging.Filter):

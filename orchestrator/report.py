@@ -344,27 +344,39 @@ def _caption(rows, lines: Sequence[ModelRow], study: str, best, delta_best) -> s
     return " ".join(parts)
 
 
-def load_rows(path: str) -> Tuple[List[Dict[str, Any]], List[str]]:
+def load_rows(path: str, all_runs: bool = False) -> Tuple[List[Dict[str, Any]], List[str]]:
     """The results rows of a results file or a study directory, and one line per Parquet file
-    skipped as not a results file (unreadable, without the ``RESULT_COLUMNS``, or of other types).
+    skipped as not a results file (unreadable, without the ``RESULT_COLUMNS``, or of other types)
+    or as a run that did not finish.
 
-    A directory gives its ``results.parquet`` (the latest run) or, without one, every ``.parquet``
-    file under it. Raises FileNotFoundError when there is no such file or no .parquet file.
+    A directory gives its ``results.parquet`` (the latest finished run) or, without one or with
+    ``all_runs``, every other ``.parquet`` file under it: of finished runs only unless ``all_runs``
+    (a run folder whose ``status.json`` says interrupted, killed, failed or still running is left
+    out; folders written before markers existed are read). Raises FileNotFoundError when there is
+    no such file or no .parquet file.
     """
     from orchestrator.results import read_rows
+    from orchestrator.runs import is_finished
 
+    skipped = []
     if os.path.isdir(path):
-        latest = os.path.join(path, "results.parquet")
-        files = [latest] if os.path.exists(latest) else sorted(
-            os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs if f.endswith(".parquet"))
+        latest = os.path.join(path, "results.parquet")  # the last finished run's: all_runs reads each run's
+        files = [latest] if os.path.exists(latest) and not all_runs else sorted(
+            os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs
+            if f.endswith(".parquet") and os.path.join(d, f) != latest)
         if not files:
             raise FileNotFoundError(f"no results .parquet files under {path}")
+        unfinished = sorted({os.path.dirname(f) for f in files if not is_finished(os.path.dirname(f))})
+        if unfinished and not all_runs:
+            files = [f for f in files if os.path.dirname(f) not in unfinished]
+            names = ", ".join(map(os.path.basename, unfinished))
+            skipped.append(f"{len(unfinished)} run(s) that did not finish ({names}): finished runs only by default "
+                           "(--all-runs reads them too)")
     elif os.path.exists(path):
         files = [path]
     else:
         raise FileNotFoundError(f"results file {path} does not exist (give a results.parquet or a study directory)")
     rows: List[Dict[str, Any]] = []
-    skipped = []
     for file in files:
         try:
             missing = [c for c in RESULT_COLUMNS if c not in pq.read_schema(file).names]

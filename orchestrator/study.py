@@ -3,11 +3,15 @@
 The phases are functions (``prepare``, ``baselines``, ``derive``) so that ``mtl group`` can run
 the first three alone. Everything that can be wrong with the spec or the data is checked before
 Ray starts.
+
+Each run has its folder ``<study>/results/<run_id>/`` with a status marker (``orchestrator/runs.py``)
+and one Parquet file per experiment, written as the experiment ends; ``results.parquet`` gathers a
+finished run's rows. A Ctrl-C stops the study (no further experiment starts) and marks the run
+``interrupted``; ``mtl resume`` continues it in the same folder.
 """
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import os
 import time
@@ -15,11 +19,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from orchestrator import baselines as bl
-from orchestrator import report, results
+from orchestrator import report, results, runs
 from orchestrator.plan import Experiment, complexity, expand, smoke, validate
 from orchestrator.ray_env import cluster_resources, start_ray
 from orchestrator.spec import SUPERVISED_MTL, SpecError, StudySpec
-from orchestrator.tuning import check_fits, dashboards, run_experiment, slots
+from orchestrator.tuning import ExperimentInterrupted, check_fits, dashboards, run_experiment, slots
 from trainables.atomic import write_json
 from trainables.build import (
     architecture_info,
@@ -143,18 +147,79 @@ def best_baselines(p: Prepared, by_experiment: Dict[str, List[dict]], exp: Exper
 
 
 def run_study(spec: StudySpec, storage: str = DEFAULT_STORAGE, smoke_run: bool = False,
-              log: Callable[[str], None] = print, verbose: int = 0) -> Dict[str, Any]:
-    """Run ``spec``; returns {"results": path, "rows": [...], "table": str, "wall_time_s": float}."""
+              log: Callable[[str], None] = print, verbose: int = 0, resume: bool = False) -> Dict[str, Any]:
+    """Run ``spec``; returns {"results": path, "rows": [...], "table": str, "wall_time_s": float}.
+
+    ``resume``: continue the study's latest interrupted (or killed) run in its own folder, ``spec``
+    being that run's ``spec.json``: experiments it finished are kept as they are, the one it was in
+    continues through ``Tuner.restore``. A Ctrl-C marks the run ``interrupted`` and raises
+    ``runs.StudyInterrupted``; ``results.parquet`` is written for a finished run only.
+    """
     t0 = time.time()
     p = prepare(spec, storage, smoke_run, log)
-    spec, directions = p.spec, p.directions
-    run_id = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = os.path.join(p.study_dir, "results", run_id)
-    os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, "spec.json"), "w") as fh:
-        json.dump(spec.to_dict(), fh, indent=1)
-    results.write_provenance(run_dir)  # package versions, git commit, host, command line
+    spec = p.spec
+    run_id, run_dir, marker = _open_run(p, resume)
+    tracker = runs.RunStatus(run_dir, len(p.single) + len(p.multi), marker.get("experiments_done", ()),
+                             marker.get("started"))
+    tracker.write(runs.RUNNING)
+    try:
+        rows = _run_experiments(p, run_id, run_dir, tracker, marker.get("experiment_running"), verbose)
+        path = results.write_rows(rows, os.path.join(p.study_dir, "results.parquet"))
+    except KeyboardInterrupt:  # Ctrl-C, in Tune (ExperimentInterrupted) or anywhere else
+        tracker.write(runs.INTERRUPTED)
+        log(f"run {run_id} interrupted after {len(tracker.done)} of {tracker.total} experiment(s); "
+            f"their rows are in {run_dir}")
+        raise runs.StudyInterrupted(run_dir) from None
+    except BaseException:
+        tracker.write(runs.FAILED)
+        raise
+    tracker.write(runs.FINISHED)
+    table = report.render(rows, primary_task=spec.primary_task)
+    from orchestrator.plots import render_plots
 
+    for png in render_plots(p.study_dir, rows, run_dir, log):  # mtl plot re-renders them
+        log(f"plot: {png}")
+    times = report.render_times(rows)
+    if times:
+        log("training time per run of each model's selected setting (IAL Table II; mtl report --times):\n" + times)
+    log(f"results: {path} ({len(rows)} rows; all runs under {os.path.join(p.study_dir, 'results')})")
+    for line in dashboards(p.study_dir, spec.loggers, any(e.weight_search for e in p.multi)):
+        log(line)  # TensorBoard, and MLflow / W&B / Optuna where the study uses them
+    wall = time.time() - t0
+    log(f"wall time: {wall:.0f}s")
+    log("\n" + table)  # the last thing printed
+    return {"results": path, "rows": rows, "table": table, "wall_time_s": wall, "study_dir": p.study_dir}
+
+
+def _open_run(p: Prepared, resume: bool) -> Tuple[str, str, Dict[str, Any]]:
+    """(run id, run folder, its marker): the latest unfinished run with ``resume``, else a new one."""
+    results_dir = os.path.join(p.study_dir, "results")
+    unfinished = runs.latest_unfinished(results_dir)
+    command = f"mtl resume {p.spec.name} --storage {os.path.dirname(p.study_dir)}"
+    if resume:
+        if unfinished is None:
+            raise SpecError(f"study {p.spec.name!r}: no interrupted or killed run to resume under {results_dir} "
+                            f"(mtl status {p.spec.name} shows its latest run)")
+        marker = runs.read_status(unfinished) or {}
+        how = "its driver was killed" if marker.get("killed") else "interrupted"
+        p.log(f"resuming run {os.path.basename(unfinished)} ({how}): "
+              f"{len(marker.get('experiments_done', []))} of {marker.get('experiments_total')} experiment(s) done")
+        return os.path.basename(unfinished), unfinished, marker
+    if unfinished is not None:
+        p.log(f"run {os.path.basename(unfinished)} of this study did not finish: `{command}` continues it; "
+              "this run starts afresh")
+    run_id, run_dir = runs.create_run_dir(results_dir)
+    with open(os.path.join(run_dir, "spec.json"), "w") as fh:
+        json.dump(p.spec.to_dict(), fh, indent=1)
+    results.write_provenance(run_dir)  # package versions, git commit, host, command line
+    return run_id, run_dir, {}
+
+
+def _run_experiments(p: Prepared, run_id: str, run_dir: str, tracker: runs.RunStatus, resuming: Optional[str],
+                     verbose: int) -> List[Dict[str, Any]]:
+    """Every experiment's rows, each experiment's written to ``run_dir`` as it ends. Experiments in
+    ``tracker.done`` keep their files as they are; ``resuming`` names the one Tune continues."""
+    spec, directions, log = p.spec, p.directions, p.log
     cluster = Cluster(p)
     by_experiment = baselines(p, cluster)
     common = dict(study=spec.name, run_id=run_id, delta_baseline=DELTA_TEXT[spec.delta_baseline])
@@ -162,22 +227,30 @@ def run_study(spec: StudySpec, storage: str = DEFAULT_STORAGE, smoke_run: bool =
     rows: List[Dict[str, Any]] = []
     complexity_cache: Dict[str, tuple] = {}
     supervised = None  # JTR's Delta baseline: (val, test) metrics of the selected supervised MTL setting
-    for exp in p.single:
+    for exp in p.single:  # from the cache: computed again on a resume, written once
         if exp.role == SUPERVISED_MTL:
             supervised, exp_rows = _supervised_mtl(p, by_experiment, exp, common, complexity_cache)
-            rows += _write(exp_rows, run_dir, exp.name)
-            continue
-        task = exp.base.tasks[0]
-        mine = by_experiment.get(exp.name, [])
-        chosen = bl.best_baselines(mine, {k: v for k, v in directions.items() if k.split("/")[0] == task})
-        exp_rows = [_row(r, exp, common, complexity_cache, directions, chosen[task]["val"], chosen[task]["test"])
-                    for r in mine]
-        for row in exp_rows:
-            row["selected"] = row["setting_hash"] == chosen[task]["setting_hash"] and row["status"] == "completed"
-        rows += _write(exp_rows, run_dir, exp.name)
+        else:
+            task = exp.base.tasks[0]
+            mine = by_experiment.get(exp.name, [])
+            chosen = bl.best_baselines(mine, {k: v for k, v in directions.items() if k.split("/")[0] == task})
+            exp_rows = [_row(r, exp, common, complexity_cache, directions, chosen[task]["val"], chosen[task]["test"])
+                        for r in mine]
+            for row in exp_rows:
+                row["selected"] = row["setting_hash"] == chosen[task]["setting_hash"] and row["status"] == "completed"
+        if exp.name not in tracker.done:
+            _write(exp_rows, run_dir, exp.name)
+            tracker.experiment_done(exp.name)
+        rows += exp_rows
 
     leader: Optional[Tuple[str, float]] = None  # the best selected model so far, on val
     for index, exp in enumerate(p.multi, 1):
+        if exp.name in tracker.done:
+            kept = results.read_rows(_file(run_dir, exp.name))
+            log(f"experiment {index}/{len(p.multi)} {exp.name}: done in this run before, {len(kept)} row(s) kept")
+            rows += kept
+            continue
+        tracker.experiment_started(exp.name)
         started = time.time()
         best = best_baselines(p, by_experiment, exp)
         derivation_json = ""
@@ -203,15 +276,26 @@ def run_study(spec: StudySpec, storage: str = DEFAULT_STORAGE, smoke_run: bool =
         exp = dataclasses.replace(exp, base=dataclasses.replace(exp.base, baseline_val=baseline_val,
                                                                 baseline_test=baseline_test, init_checkpoints=init,
                                                                 teacher_checkpoints=teachers, events_dir=events))
-        outcomes = run_experiment(exp, spec.search, spec.resources, os.path.join(p.study_dir, "tune"),
-                                  cluster.resources, verbose, position=(index, len(p.multi)),
-                                  study_dir=p.study_dir, loggers=spec.loggers)
-        exp_rows = [_row(o, exp, common, complexity_cache, directions, baseline_val, baseline_test)
-                    for o in outcomes]
-        for row in exp_rows:
-            row["derivation_json"] = derivation_json
-        _select(exp_rows)
+
+        def experiment_rows(outcomes: List[dict]) -> List[Dict[str, Any]]:
+            made = [_row(o, exp, common, complexity_cache, directions, baseline_val, baseline_test) for o in outcomes]
+            for row in made:
+                row["derivation_json"] = derivation_json
+            _select(made)
+            return made
+
+        try:
+            outcomes = run_experiment(exp, spec.search, spec.resources, os.path.join(p.study_dir, "tune"),
+                                      cluster.resources, verbose, position=(index, len(p.multi)),
+                                      study_dir=p.study_dir, loggers=spec.loggers, resume=exp.name == resuming, log=log)
+        except ExperimentInterrupted as stop:  # the trials that ended are kept; the experiment is not done
+            _write(experiment_rows(stop.outcomes), run_dir, exp.name)
+            log(f"experiment {index}/{len(p.multi)} {exp.name} interrupted: {len(stop.outcomes)} ended trial(s) "
+                f"kept in {_file(run_dir, exp.name)}")
+            raise
+        exp_rows = experiment_rows(outcomes)
         rows += _write(exp_rows, run_dir, exp.name)
+        tracker.experiment_done(exp.name)
         leader = _experiment_done(exp_rows, exp.name, index, len(p.multi), time.time() - started, leader, log)
         chosen = next((r for r in exp_rows if r["selected"] and r["checkpoint_path"]), None)
         if exp.base.regularisers and chosen is not None:  # e.g. MGM's generated images, beside the results
@@ -219,23 +303,7 @@ def run_study(spec: StudySpec, storage: str = DEFAULT_STORAGE, smoke_run: bool =
 
             for path in regulariser_artifacts(chosen["checkpoint_path"], run_dir, exp.name.replace("/", "__")):
                 log(f"  {exp.name}: {path}")
-
-    path = results.write_rows(rows, os.path.join(p.study_dir, "results.parquet"))
-    table = report.render(rows, primary_task=spec.primary_task)
-    from orchestrator.plots import render_plots
-
-    for png in render_plots(p.study_dir, rows, run_dir, log):  # mtl plot re-renders them
-        log(f"plot: {png}")
-    times = report.render_times(rows)
-    if times:
-        log("training time per run of each model's selected setting (IAL Table II; mtl report --times):\n" + times)
-    log(f"results: {path} ({len(rows)} rows; all runs under {os.path.join(p.study_dir, 'results')})")
-    for line in dashboards(p.study_dir, spec.loggers, any(e.weight_search for e in p.multi)):
-        log(line)  # TensorBoard, and MLflow / W&B / Optuna where the study uses them
-    wall = time.time() - t0
-    log(f"wall time: {wall:.0f}s")
-    log("\n" + table)  # the last thing printed
-    return {"results": path, "rows": rows, "table": table, "wall_time_s": wall, "study_dir": p.study_dir}
+    return rows
 
 
 def _experiment_done(rows: List[Dict[str, Any]], name: str, index: int, total: int, seconds: float,
@@ -279,7 +347,7 @@ def _row(outcome: dict, exp: Experiment, common: dict, cache: dict, directions: 
         params=params, flops_g=gmacs, wall_time_s=outcome.get("wall_time_s"),
         # a failed run reports the epoch it diverged in, which it did not finish
         epochs_done=int(metrics.get("epoch", -1)) + (0 if metrics.get("failed") else 1),
-        status=outcome["status"], error=outcome.get("error", ""),
+        status=outcome["status"], error=outcome.get("error", ""), selected=False,  # set by the selection
         cached=bool(outcome.get("cached", False)), checkpoint_path=outcome.get("checkpoint_path", ""))
 
 
@@ -316,8 +384,12 @@ def _select(rows: List[Dict[str, Any]]) -> None:
         row["selected"] = best is not None and row["setting_hash"] == best and row["status"] == "completed"
 
 
+def _file(run_dir: str, experiment: str) -> str:
+    return os.path.join(run_dir, experiment.replace("/", "__") + ".parquet")
+
+
 def _write(rows: List[Dict[str, Any]], run_dir: str, experiment: str) -> List[Dict[str, Any]]:
-    results.write_rows(rows, os.path.join(run_dir, experiment.replace("/", "__") + ".parquet"))
+    results.write_rows(rows, _file(run_dir, experiment))
     return rows
 
 

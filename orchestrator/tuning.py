@@ -13,13 +13,24 @@ MLflow experiment / W&B group ``<study>/<experiment>`` per experiment and one ru
 loss-weight search is recorded in the study's Optuna database (``orchestrator/weight_search.py``).
 Tune's own TensorBoard files stay in ``tune/``; the study's TensorBoard folder is the train loop's
 (``trainables/tracking.py``).
+
+Ctrl-C: Tune catches the first SIGINT inside ``Tuner.fit``, saves the experiment's state and
+returns the trials as they are. ``run_experiment`` then raises ``ExperimentInterrupted`` with the
+outcomes of the trials that ended (Tune status TERMINATED or ERROR), so the study starts no
+further experiment. The SIGINT handler in place before ``fit`` is put back after it (Tune leaves
+its own installed, and a later Ctrl-C would then stop nothing). ``resume=True`` continues the
+experiment with ``Tuner.restore(path, trainable, resume_unfinished=True)``: ended trials are
+kept as they are (errored ones too: they already had their retry), unfinished ones run again,
+each resuming its inner Train run from its last checkpoint (same run name and storage).
 """
 from __future__ import annotations
 
 import math
 import os
 import re
-from typing import Any, Dict, List, Sequence
+import signal
+import threading
+from typing import Any, Callable, Dict, List, Sequence
 
 from orchestrator.plan import Experiment
 from orchestrator.spec import ResourcesSpec, SearchSpec, SpecError
@@ -30,6 +41,14 @@ from trainables.tracking import INSTALL_HINT, TENSORBOARD, tensorboard_installed
 METRIC, MODE = "val_score", "max"
 DRIVER_MEMORY_BYTES = 2**20
 MLFLOW_DB = "mlflow.db"
+
+
+class ExperimentInterrupted(KeyboardInterrupt):
+    """Ctrl-C during ``Tuner.fit``: ``outcomes`` are the trials that ended before it."""
+
+    def __init__(self, outcomes: List[Dict[str, Any]]):
+        super().__init__(f"{len(outcomes)} trial(s) ended before the interrupt")
+        self.outcomes = outcomes
 
 
 def trial_name(experiment: str) -> str:
@@ -118,11 +137,11 @@ def _run_trial(config: Dict[str, Any], scaling: Dict[str, Any], storage_path: st
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from trainables.config import TrialConfig
     from trainables.worker import train_worker
 
+    # Not validated again here: every part of it was checked before Ray started (the base
+    # TrialConfig, the grid settings, the weight search's space), and the worker checks it anyway.
     config = strip_raw(config)
-    TrialConfig.from_dict(config)  # fail fast, in the driver, on a bad config
     trainer = TorchTrainer(
         train_worker,
         train_loop_config=config,
@@ -140,11 +159,14 @@ def _run_trial(config: Dict[str, Any], scaling: Dict[str, Any], storage_path: st
 
 def run_experiment(exp: Experiment, search: SearchSpec, resources: ResourcesSpec, storage_path: str,
                    cluster: Dict[str, float], verbose: int = 0, position: tuple = (1, 1),
-                   *, study_dir: str, loggers: Sequence[Plugin] = ()) -> List[Dict[str, Any]]:
+                   *, study_dir: str, loggers: Sequence[Plugin] = (), resume: bool = False,
+                   log: Callable[[str], None] = print) -> List[Dict[str, Any]]:
     """Run every grid setting x seed of ``exp`` as Tune trials; one outcome dict per trial.
 
     ``study_dir`` (the study's folder, named after the study) holds the Optuna database of a
     loss-weight search and the default MLflow store; ``loggers``: ``StudySpec.loggers``.
+    ``resume``: continue the Tune run saved under ``storage_path`` (from scratch when Tune saved
+    none). Raises ``ExperimentInterrupted`` after a Ctrl-C.
     """
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -178,7 +200,15 @@ def run_experiment(exp: Experiment, search: SearchSpec, resources: ResourcesSpec
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     else:
         os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
-    tuner = tune.Tuner(
+    path = os.path.join(storage_path, trial_name(exp.name))
+    if resume and tune.Tuner.can_restore(path):
+        log(f"  {exp.name}: resuming Tune's saved run {path}: ended trials kept, unfinished ones continue "
+            "from their last checkpoint")
+        return _fit(tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False,
+                                       restart_errored=False))
+    if resume:
+        log(f"  {exp.name}: Tune saved no state under {path}; its trials run from scratch")
+    return _fit(tune.Tuner(
         trainable,
         param_space=param_space,
         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, scheduler=scheduler, search_alg=search_alg,
@@ -187,8 +217,24 @@ def run_experiment(exp: Experiment, search: SearchSpec, resources: ResourcesSpec
                                   callbacks=[EpochLines(exp.name, position[0], position[1], trials, exp.base.epochs),
                                              *tracker_callbacks(loggers, study_dir, exp.name)],
                                   failure_config=tune.FailureConfig(max_failures=1)),
-    )
-    return [trial_outcome(result) for result in tuner.fit()]
+    ))
+
+
+def _fit(tuner: Any) -> List[Dict[str, Any]]:
+    """``tuner.fit()``'s outcomes; raises ``ExperimentInterrupted`` when a trial did not end
+    (Tune returned early on a Ctrl-C)."""
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        grid = tuner.fit()
+    finally:
+        if threading.current_thread() is threading.main_thread():  # only it may set handlers
+            signal.signal(signal.SIGINT, handler)
+    # Tune's ResultGrid keeps its trials (and their status) in the order of its results
+    states = [trial.status for trial in grid._experiment_analysis.trials]
+    outcomes = [trial_outcome(result) for result in grid]
+    if any(state not in ("TERMINATED", "ERROR") for state in states):
+        raise ExperimentInterrupted([o for o, state in zip(outcomes, states) if state in ("TERMINATED", "ERROR")])
+    return outcomes
 
 
 def trial_outcome(result: Any) -> Dict[str, Any]:

@@ -66,7 +66,9 @@ def test_ray_noise_is_dropped_and_everything_else_passes(monkeypatch):
     quiet_noise()  # idempotent: one filter, not two
     noise = ["Reporting training result 3: TrainingReport(checkpoint=None, metrics={...})",
              "[2026 E 1 2] core_worker.cc:2465: Actor with class name: 'PreemptionWatcher' and ID: 'ab' has "
-             "constructor arguments in the object store and max_restarts > 0."]
+             "constructor arguments in the object store and max_restarts > 0.",
+             "\x1b[33m(raylet)\x1b[0m WARNING: 8 PYTHON worker processes have been started on node: 7b with address: "
+             "127.0.0.1, which is 4x the maximum expected startup concurrency (2)."]
     dispatcher.emit({"lines": noise + ["Traceback (most recent call last):", "epoch 1"], "pid": 1})
     dispatcher.emit({"lines": noise, "pid": 1})
     assert seen == [["Traceback (most recent call last):", "epoch 1"]]

@@ -17,11 +17,13 @@ channel count changes, as in the survey code's ``models/padnet.py`` and ``models
 """
 from __future__ import annotations
 
-from typing import Dict, Mapping, Sequence
+from typing import TYPE_CHECKING, Dict, Mapping, Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models.resnet import BasicBlock, Bottleneck
+
+if TYPE_CHECKING:  # torchvision is imported when a block is built: it costs ~2 s and ~200 MB per process
+    from torchvision.models.resnet import BasicBlock, Bottleneck
 
 
 def _projection(in_channels: int, out_channels: int) -> nn.Module | None:
@@ -32,6 +34,8 @@ def _projection(in_channels: int, out_channels: int) -> nn.Module | None:
 
 def bottleneck(in_channels: int, out_channels: int) -> Bottleneck:
     """A ResNet Bottleneck in -> out channels (width out / 4), projecting the shortcut if needed."""
+    from torchvision.models.resnet import Bottleneck
+
     if out_channels % Bottleneck.expansion:
         raise ValueError(f"a Bottleneck's output channels must be a multiple of 4, got {out_channels}")
     return Bottleneck(in_channels, out_channels // Bottleneck.expansion,
@@ -40,6 +44,8 @@ def bottleneck(in_channels: int, out_channels: int) -> Bottleneck:
 
 def basic_block(in_channels: int, out_channels: int) -> BasicBlock:
     """A ResNet BasicBlock in -> out channels, projecting the shortcut if needed."""
+    from torchvision.models.resnet import BasicBlock
+
     return BasicBlock(in_channels, out_channels, downsample=_projection(in_channels, out_channels))
 
 

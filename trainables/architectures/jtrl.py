@@ -94,7 +94,6 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models.resnet import Bottleneck
 
 from trainables.heads.conv import ConvHead
 from trainables.architectures.base import (
@@ -148,6 +147,8 @@ class JTRLParams:
 
 def residual_stack(in_channels: int, channels: int) -> nn.Sequential:
     """R: two ResNet Bottlenecks to ``channels`` (width channels / 4), 1x1 + BN shortcut if needed."""
+    from torchvision.models.resnet import Bottleneck  # here, not at import: torchvision costs ~2 s per process
+
     shortcut = None
     if in_channels != channels:
         shortcut = nn.Sequential(nn.Conv2d(in_channels, channels, 1, bias=False), nn.BatchNorm2d(channels))
@@ -176,6 +177,8 @@ class TaskAttention(nn.Module):
     """TAM: balance gate over (own, other), then an hourglass attention map applied as (1 + M)."""
 
     def __init__(self, channels: int):
+        from torchvision.models.resnet import Bottleneck
+
         super().__init__()
         c = channels
         self.balance = nn.Conv2d(2 * c, c, 1)

@@ -72,7 +72,6 @@ from typing import Dict, List, Mapping, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import SqueezeExcitation
 
 from trainables.architectures.base import (
     BackboneFactory,
@@ -108,6 +107,8 @@ class FeaturePropagation(nn.Module):
     """The FPM at one scale: tasks' features -> shared, per-task attended and reduced, + SE per task."""
 
     def __init__(self, task_names: Sequence[str], channels: int):
+        from torchvision.ops import SqueezeExcitation  # here, not at import: torchvision costs ~2 s per process
+
         super().__init__()
         self.task_names, self.channels = list(task_names), channels
         shared, mid = len(self.task_names) * channels, max(1, len(self.task_names) * channels // 4)
