@@ -303,7 +303,8 @@ def plot_task_metrics(columns: Sequence[Tuple[str, str, bool]], lines: Sequence[
     plt = _pyplot()
     single = next((line for line in lines if line.role == "single_task"), None)
     models = [line for line in lines if line.role != "single_task"]
-    cols = min(3, len(columns))
+    # side by side while a panel stays narrow; one task per row for many models (a balancing study)
+    cols = min(3, len(columns)) if len(models) <= 8 else 1
     rows_n = math.ceil(len(columns) / cols)
     width = max(3.6, 0.45 * len(models) + 1.6)
     fig, axes = plt.subplots(rows_n, cols, figsize=(width * cols, 3.6 * rows_n + 0.6), squeeze=False,

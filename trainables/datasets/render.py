@@ -15,13 +15,21 @@ scene: with |pitch| + vfov/2 < 90 deg every ray moves forward and hits the wall 
 else, so every depth is valid.
 
 Everything here is a pure function of a ``numpy.random.Generator``; the dataset seeds it with
-``[seed, split_id, index]`` so an image does not depend on which other images were made.
+``[seed, split_id, index]`` so an image does not depend on which other images were made. That is
+also what lets ``render_jobs`` spread the images over processes: any split of the work into jobs,
+run by any number of processes, gives the same bytes.
 """
 from __future__ import annotations
 
+import itertools
 import math
+import multiprocessing
+import os
+import sys
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -340,3 +348,45 @@ def render_batch(seed: int, split_id: int, indices: Sequence[int], image_size: i
     """``render_index`` for each index, stacked along a new first axis."""
     items = [render_index(seed, split_id, int(i), image_size, noise_std) for i in indices]
     return {k: np.stack([it[k] for it in items]) for k in items[0]}
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def render_jobs(seed: int, jobs: Sequence[Tuple[int, Sequence[int]]], image_size: int, noise_std: float,
+                workers: Optional[int] = None) -> Iterator[Dict[str, np.ndarray]]:
+    """``render_batch`` of each ``(split_id, indices)`` job, yielded in the order of ``jobs``.
+
+    Args:
+        workers: processes to render in (None: one per available CPU, at most one per job; 1:
+            in this process). At most two jobs per process run ahead of the consumer, so the
+            memory held stays bounded whatever the number of jobs.
+    """
+    if workers is None:
+        workers = max(1, min(available_cpus(), len(jobs)))
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"synthetic: workers must be a positive int (or None: one per CPU), got {workers!r}")
+    if workers == 1 or len(jobs) <= 1:
+        for split_id, indices in jobs:
+            yield render_batch(seed, split_id, indices, image_size, noise_std)
+        return
+    # fork on Linux: a started worker needs no import (spawn would import torch again, ~2 s each)
+    context = multiprocessing.get_context("fork" if sys.platform == "linux" else None)
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        todo = iter(jobs)
+        pending: Deque[Future] = deque(pool.submit(render_batch, seed, split_id, indices, image_size, noise_std)
+                                       for split_id, indices in itertools.islice(todo, 2 * workers))
+        try:
+            while pending:
+                batch = pending.popleft().result()
+                job = next(todo, None)
+                if job is not None:
+                    pending.append(pool.submit(render_batch, seed, job[0], job[1], image_size, noise_std))
+                yield batch
+        finally:  # the consumer stopped early (an error while writing): do not render the rest
+            for future in pending:
+                future.cancel()

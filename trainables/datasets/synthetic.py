@@ -11,10 +11,13 @@ cached as Parquet shards in ``<root>/synthetic-<key>/``, where ``key`` hashes th
 and ``GENERATOR_VERSION`` (bump it whenever the renderer's output changes). A cache directory
 is complete only when its ``meta.json`` (written last) exists and matches; it is written
 into a temporary directory and renamed into place, so a crash or a concurrent writer never
-leaves a half cache that is taken for a whole one.
+leaves a half cache that is taken for a whole one. ``prepare`` renders jobs of
+``ROWS_PER_JOB`` images across processes (one per CPU by default) and writes the shards in
+order: the same bytes as one process makes, so the number of processes is not in the key.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -46,6 +49,7 @@ SCENE_NAMES = render.SCENE_NAMES
 TASK_NAMES = ("semseg", "depth", "normals", "edge", "scene")
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 ROWS_PER_SHARD = 512
+ROWS_PER_JOB = 64  # images per rendering job: 8 per full shard, so 400 images keep 2 processes busy
 # Per-channel statistics of the default parameters' training images (measured, rounded).
 IMAGE_MEAN = (0.36, 0.34, 0.32)
 IMAGE_STD = (0.13, 0.12, 0.14)
@@ -149,14 +153,18 @@ def is_complete(path: str, params: SyntheticParams) -> bool:
                for split in SPLITS for name in _shard_names(params, split))
 
 
-def _write_cache(out: str, params: SyntheticParams) -> None:
-    """Render every split into ``out`` (shards first, meta.json last)."""
+def _write_cache(out: str, params: SyntheticParams, workers: Optional[int] = None) -> None:
+    """Render every split into ``out`` (shards first, meta.json last), in ``workers`` processes
+    (``render.render_jobs``); the files are the same bytes whatever their number."""
     s = params.image_size
-    for split in SPLITS:
-        n = params.count(split)
-        for k, name in enumerate(_shard_names(params, split)):
-            idx = np.arange(k * ROWS_PER_SHARD, min(n, (k + 1) * ROWS_PER_SHARD))
-            arrays = render.render_batch(params.seed, SPLIT_IDS[split], idx, s, params.noise_std)
+    shards = [(split, name, np.arange(k * ROWS_PER_SHARD, min(params.count(split), (k + 1) * ROWS_PER_SHARD)))
+              for split in SPLITS for k, name in enumerate(_shard_names(params, split))]
+    jobs = [(SPLIT_IDS[split], idx[i:i + ROWS_PER_JOB]) for split, _, idx in shards
+            for i in range(0, len(idx), ROWS_PER_JOB)]
+    with contextlib.closing(render.render_jobs(params.seed, jobs, s, params.noise_std, workers)) as batches:
+        for split, name, idx in shards:
+            parts = [next(batches) for _ in range(0, len(idx), ROWS_PER_JOB)]
+            arrays = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
             columns = {"index": pa.array(idx.astype(np.int32), pa.int32())}
             for col, (dtype, _) in _DENSE_COLUMNS.items():
                 data = arrays[col].astype(dtype, copy=False)
@@ -245,8 +253,14 @@ class SyntheticScenes(torch.utils.data.Dataset, Configurable):
         )
 
     @classmethod
-    def prepare(cls, root: Optional[str] = None, **params) -> str:
-        """Render the cache unless a complete one exists; return its directory."""
+    def prepare(cls, root: Optional[str] = None, *, workers: Optional[int] = None, **params) -> str:
+        """Render the cache unless a complete one exists; return its directory.
+
+        Args:
+            workers: processes to render in (None: one per available CPU, at most one per job of
+                ``ROWS_PER_JOB`` images; 1: in this process). Not a generator parameter: the
+                cache is the same bytes whatever it is.
+        """
         p = cls.params_of(params)
         final = cache_dir(root, p)
         if is_complete(final, p):
@@ -257,7 +271,7 @@ class SyntheticScenes(torch.utils.data.Dataset, Configurable):
         try:
             os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide a shared cache from other users
             t0 = time.perf_counter()
-            _write_cache(tmp, p)
+            _write_cache(tmp, p, workers)
             _publish(tmp, final, p)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -273,7 +287,6 @@ class SyntheticScenes(torch.utils.data.Dataset, Configurable):
 
         ``prepare``'s one progress line goes to stderr here, so stdout stays pure JSON.
         """
-        import contextlib
         import sys
 
         with contextlib.redirect_stdout(sys.stderr):
@@ -297,7 +310,9 @@ class SyntheticScenes(torch.utils.data.Dataset, Configurable):
                              f"valid tasks: {', '.join(self.source)}")
         self.split, self.tasks, self.augment = split, list(dict.fromkeys(tasks)), bool(augment)
         self.task_objects = make_tasks(self.describe(**params), self.tasks)
-        self.path = self.prepare(root, **params)
+        # In this process: a dataset is built inside Ray workers (threaded, CPUs counted), where the
+        # driver's prepare has normally rendered the cache already.
+        self.path = self.prepare(root, workers=1, **params)
         self._arrays = self._load(["image"] + list(dict.fromkeys(self.source[t] for t in self.tasks)))
 
     def _load(self, columns: Sequence[str]) -> Dict[str, np.ndarray]:
