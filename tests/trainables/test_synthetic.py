@@ -114,6 +114,69 @@ def test_publish_keeps_the_first_complete_cache(small_root, tmp_path):
     assert os.stat(os.path.join(final, "meta.json")).st_mtime_ns == before
 
 
+# ---------------------------------------------------------------- rendering in several processes
+
+# Computed with the single-process writer before rendering was parallel: the key's meaning and
+# the cached values must not change with it.
+GOLDEN_KEYS = {"default": "d3bf1a9f7a87", "small": "aaac206fb107", "golden": "c54efe5b9fa4"}
+GOLDEN = dict(image_size=32, num_train=9, num_val=3, num_test=2, seed=5)
+GOLDEN_CONTENT_SHA256 = "ae173f3ea8ee6041e0e65f5de92724221db06be032d6d39fe8e5933f91552601"
+
+
+def _files(path: str) -> dict:
+    return {name: open(os.path.join(path, name), "rb").read() for name in sorted(os.listdir(path))}
+
+
+def _content_sha256(path: str) -> str:
+    """sha256 over every stored value, shard by shard (independent of Parquet's encoding)."""
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    h = hashlib.sha256()
+    for name in sorted(n for n in os.listdir(path) if n.endswith(".parquet")):
+        table = pq.read_table(os.path.join(path, name))
+        for col in table.column_names:
+            for value in table.column(col).to_pylist():
+                h.update(value if isinstance(value, bytes) else str(value).encode())
+    return h.hexdigest()
+
+
+def test_cache_key_is_unchanged():
+    assert syn.SyntheticParams().cache_key() == GOLDEN_KEYS["default"]
+    assert syn.SyntheticParams(**SMALL).cache_key() == GOLDEN_KEYS["small"]
+    assert syn.SyntheticParams(**GOLDEN).cache_key() == GOLDEN_KEYS["golden"]
+
+
+def test_two_processes_write_the_bytes_one_process_writes(tmp_path, monkeypatch):
+    # Shards of 4 rows from jobs of 3: a shard is assembled from jobs and jobs cross no shard.
+    monkeypatch.setattr(syn, "ROWS_PER_SHARD", 4)
+    monkeypatch.setattr(syn, "ROWS_PER_JOB", 3)
+    one = syn.SyntheticScenes.prepare(str(tmp_path / "one"), workers=1, **GOLDEN)
+    two = syn.SyntheticScenes.prepare(str(tmp_path / "two"), workers=2, **GOLDEN)
+    assert os.path.basename(one) == os.path.basename(two) == f"synthetic-{GOLDEN_KEYS['golden']}"
+    files = _files(one)
+    assert sorted(files) == ["meta.json", "test-00000.parquet", "train-00000.parquet", "train-00001.parquet",
+                             "train-00002.parquet", "val-00000.parquet"]
+    assert _files(two) == files
+    assert _content_sha256(two) == GOLDEN_CONTENT_SHA256  # the rows, whatever the shard size
+
+
+def test_default_worker_count_keeps_the_golden_cache(tmp_path):
+    path = syn.SyntheticScenes.prepare(str(tmp_path), **GOLDEN)  # one process per CPU, at most one per job
+    assert _content_sha256(path) == GOLDEN_CONTENT_SHA256
+    ds = syn.SyntheticScenes(str(tmp_path), "val", ALL_TASKS, **GOLDEN)
+    ref = render.render_index(GOLDEN["seed"], syn.SPLIT_IDS["val"], 2, 32, 0.02)
+    np.testing.assert_array_equal(ds._arrays["image"][2], ref["image"])
+
+
+@pytest.mark.parametrize("workers", [0, -1, 1.5, True])
+def test_bad_worker_count_is_refused(tmp_path, workers):
+    with pytest.raises(ValueError, match=f"synthetic: workers must be a positive int .*got {workers!r}"):
+        syn.SyntheticScenes.prepare(str(tmp_path), workers=workers, **GOLDEN)
+    assert os.listdir(tmp_path) == []  # the temporary folder is removed
+
+
 # ---------------------------------------------------------------- cross-task consistency
 
 
