@@ -128,14 +128,17 @@ def _files(path: str) -> dict:
 
 
 def _content_sha256(path: str) -> str:
-    """sha256 over every stored value, shard by shard (independent of Parquet's encoding)."""
+    """sha256 over every stored value, split by split and column by column (independent of
+    Parquet's encoding and of the shard size)."""
     import hashlib
 
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     h = hashlib.sha256()
-    for name in sorted(n for n in os.listdir(path) if n.endswith(".parquet")):
-        table = pq.read_table(os.path.join(path, name))
+    for split in ("test", "train", "val"):
+        names = sorted(n for n in os.listdir(path) if n.startswith(split + "-"))
+        table = pa.concat_tables([pq.read_table(os.path.join(path, n)) for n in names])
         for col in table.column_names:
             for value in table.column(col).to_pylist():
                 h.update(value if isinstance(value, bytes) else str(value).encode())
