@@ -15,10 +15,11 @@ Tune's own TensorBoard files stay in ``tune/``; the study's TensorBoard folder i
 (``trainables/tracking.py``).
 
 Ctrl-C: Tune catches the first SIGINT inside ``Tuner.fit``, saves the experiment's state and
-returns the trials as they are. ``run_experiment`` then raises ``ExperimentInterrupted`` with the
-outcomes of the trials that ended (Tune status TERMINATED or ERROR), so the study starts no
-further experiment. The SIGINT handler in place before ``fit`` is put back after it (Tune leaves
-its own installed, and a later Ctrl-C would then stop nothing). ``resume=True`` continues the
+returns the trials as they are (the trials cut short look ended in the ``ResultGrid``).
+``run_experiment`` sees that Tune caught it (``_SigintWatch``) and raises ``ExperimentInterrupted``
+with the outcomes of the trials that completed, failed or raised, so the study starts no further
+experiment. The SIGINT handler in place before ``fit`` is put back after it (Tune leaves its own
+installed, and a later Ctrl-C would then stop nothing). ``resume=True`` continues the
 experiment with ``Tuner.restore(path, trainable, resume_unfinished=True)``: ended trials are
 kept as they are (errored ones too: they already had their retry), unfinished ones run again,
 each resuming its inner Train run from its last checkpoint (same run name and storage).
@@ -220,20 +221,30 @@ def run_experiment(exp: Experiment, search: SearchSpec, resources: ResourcesSpec
     ))
 
 
+class _SigintWatch:
+    """The SIGINT handler in place around ``Tuner.fit``. Tune (main thread, unless
+    TUNE_DISABLE_SIGINT_HANDLER is set) installs its own over it and puts it back only when a
+    SIGINT arrives: finding this handler again after ``fit`` means Tune caught a Ctrl-C. A SIGINT
+    that reaches it directly (Tune's handler off, or a second Ctrl-C) raises KeyboardInterrupt."""
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+
 def _fit(tuner: Any) -> List[Dict[str, Any]]:
-    """``tuner.fit()``'s outcomes; raises ``ExperimentInterrupted`` when a trial did not end
-    (Tune returned early on a Ctrl-C)."""
-    handler = signal.getsignal(signal.SIGINT)
+    """``tuner.fit()``'s outcomes; raises ``ExperimentInterrupted`` when Tune caught a Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
+        return [trial_outcome(result) for result in tuner.fit()]
+    watch = _SigintWatch()
+    before = signal.signal(signal.SIGINT, watch)
     try:
         grid = tuner.fit()
+        caught = signal.getsignal(signal.SIGINT) is watch and not int(os.getenv("TUNE_DISABLE_SIGINT_HANDLER", "0"))
     finally:
-        if threading.current_thread() is threading.main_thread():  # only it may set handlers
-            signal.signal(signal.SIGINT, handler)
-    # Tune's ResultGrid keeps its trials (and their status) in the order of its results
-    states = [trial.status for trial in grid._experiment_analysis.trials]
+        signal.signal(signal.SIGINT, before)
     outcomes = [trial_outcome(result) for result in grid]
-    if any(state not in ("TERMINATED", "ERROR") for state in states):
-        raise ExperimentInterrupted([o for o, state in zip(outcomes, states) if state in ("TERMINATED", "ERROR")])
+    if caught:  # a trial cut short has no "finished" report; ASHA's stopped trials come back on resume
+        raise ExperimentInterrupted([o for o in outcomes if o["status"] in ("completed", "failed", "error")])
     return outcomes
 
 

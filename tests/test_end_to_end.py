@@ -33,6 +33,61 @@ def first_run(ray_session, tmp_path_factory):
     return spec, storage, out, lines
 
 
+def test_ctrl_c_mid_study_then_mtl_resume(tmp_path):
+    """SIGINT to ``mtl run`` once its first multi-task experiment's rows exist: exit 130, the run
+    marked interrupted, no results.parquet; ``mtl resume`` finishes it in the same folder with every
+    trial once and the first experiment's file untouched. First in this module and without the
+    shared ``ray_session``: each command starts (and ends) its own local Ray."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from orchestrator.plan import expand, smoke, validate
+    from orchestrator.runs import read_status, run_dirs
+
+    data = {**SPEC, "name": "e2e_resume", "dataset": {**SPEC["dataset"], "root": str(tmp_path / "data")},
+            "experiments": [{"name": "first", "architecture": "mtl_baseline", "balancer": "fixed"},
+                            {"name": "second", "architecture": "mtl_baseline", "balancer": "dwa"}],
+            "search": {**SPEC["search"], "asha": False}}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(data))
+    storage = tmp_path / "runs"
+    env = {**os.environ, "MTL_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("RAY_ADDRESS", None)
+
+    def mtl(*argv):
+        return [sys.executable, "-m", "orchestrator.cli", *argv, "--storage", str(storage)]
+
+    results_dir = storage / "e2e_resume" / "results"
+    run = subprocess.Popen(mtl("run", str(path), "--smoke"), env=env)
+    first = None
+    deadline = time.time() + 900
+    while first is None and run.poll() is None and time.time() < deadline:
+        time.sleep(0.5)
+        found = [os.path.join(d, "first.parquet") for d in run_dirs(str(results_dir))]
+        first = next((f for f in found if os.path.exists(f)), None)
+    assert first is not None and run.poll() is None, "the first experiment did not finish, or the study ended"
+    run.send_signal(signal.SIGINT)
+    assert run.wait(timeout=300) == 130
+    run_dir = os.path.dirname(first)
+    assert read_status(run_dir)["status"] == "interrupted"
+    assert not (storage / "e2e_resume" / "results.parquet").exists()
+    before = open(first, "rb").read()
+
+    assert subprocess.run(mtl("resume", "e2e_resume"), env=env, timeout=900).returncode == 0
+    assert run_dirs(str(results_dir)) == [run_dir] and read_status(run_dir)["status"] == "finished"
+    assert open(first, "rb").read() == before
+    spec = smoke(load_spec(data))
+    single, multi = expand(spec, validate(spec), str(tmp_path / "data"))
+    expected = sum(len(e.trial_configs()) for e in single) + sum(len(e.settings) * len(e.seeds) for e in multi)
+    rows = read_rows(str(storage / "e2e_resume" / "results.parquet"))
+    assert len(rows) == expected
+    keys = [(r["experiment"], r["config_hash"], r["seed"]) for r in rows]
+    assert len(set(keys)) == len(keys)
+    assert {r["experiment"] for r in rows if r["role"] == "multi_task"} == {"first", "second"}
+
+
 def test_rows_carry_config_metrics_delta_params_flops(first_run):
     spec, storage, out, lines = first_run
     rows = read_rows(out["results"])

@@ -1,0 +1,187 @@
+"""Run folders and their status markers: what ``mtl resume``, ``mtl status`` and ``mtl report`` read.
+
+Every run of a study writes ``<study>/results/<run_id>/status.json`` at its start, after each
+experiment and at its end: {status, started, ended, pid, host, experiments_done, experiments_total,
+experiment_running} with status ``running``, ``finished``, ``interrupted`` (Ctrl-C) or ``failed`` (an exception).
+The file is replaced atomically and fsynced, so a reader (or a crash) never sees half of it.
+A driver killed outright (SIGKILL, a lost node) cannot write its end: a ``running`` marker whose
+pid is gone on this host reads as ``interrupted``; on another host the pid cannot be checked and
+the marker reads as written.
+
+Run ids are the start time plus four random hex digits (``20260101-120000-3fa2``); the folder is
+created exclusively, so two runs started in the same second get two folders.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import secrets
+import socket
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from trainables.atomic import atomic_write
+
+STATUS_FILE = "status.json"
+RUNNING, FINISHED, INTERRUPTED, FAILED = "running", "finished", "interrupted", "failed"
+
+
+class StudyInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a study: no further experiment starts; finished trials' rows are kept."""
+
+
+def write_json_durable(path: str, obj: object) -> str:
+    """``obj`` as JSON at ``path``: a temporary file, flushed and fsynced, renamed over ``path``."""
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as fh:
+            json.dump(obj, fh, indent=1, default=float)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    return atomic_write(path, write)
+
+
+def _now() -> str:
+    return datetime.datetime.now().isoformat(timespec="seconds")
+
+
+def create_run_dir(results_dir: str, now: Optional[datetime.datetime] = None) -> Tuple[str, str]:
+    """A new, empty run folder under ``results_dir``; returns (run_id, its path)."""
+    os.makedirs(results_dir, exist_ok=True)
+    stamp = (now or datetime.datetime.now()).strftime("%Y%m%d-%H%M%S")
+    while True:
+        run_id = f"{stamp}-{secrets.token_hex(2)}"
+        path = os.path.join(results_dir, run_id)
+        try:
+            os.mkdir(path)  # exclusive: a concurrent run that drew the same id gets FileExistsError
+            return run_id, path
+        except FileExistsError:
+            continue
+
+
+class RunStatus:
+    """The status marker of one run folder, rewritten on every change."""
+
+    def __init__(self, run_dir: str, total: int, done: Sequence[str] = (), started: Optional[str] = None):
+        self.run_dir, self.total, self.done = run_dir, total, list(done)
+        self.started = started or _now()
+        self.current: Optional[str] = None  # the experiment under way: the one ``mtl resume`` may restore
+
+    def experiment_started(self, name: str) -> None:
+        self.current = name
+        self.write(RUNNING)
+
+    def write(self, status: str) -> str:
+        ended = None if status == RUNNING else _now()
+        return write_json_durable(os.path.join(self.run_dir, STATUS_FILE), {
+            "status": status, "started": self.started, "ended": ended, "pid": os.getpid(),
+            "host": socket.gethostname(), "experiments_done": self.done, "experiments_total": self.total,
+            "experiment_running": self.current})
+
+    def experiment_done(self, name: str) -> None:
+        if name not in self.done:
+            self.done.append(name)
+        self.current = None
+        self.write(RUNNING)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def read_status(run_dir: str) -> Optional[Dict[str, Any]]:
+    """The run's marker with its effective status (a dead driver's ``running`` reads as
+    ``interrupted``, with ``killed: True``), or None for a folder without one (runs before markers)."""
+    path = os.path.join(run_dir, STATUS_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as fh:
+        marker = json.load(fh)
+    if (marker.get("status") == RUNNING and marker.get("host") == socket.gethostname()
+            and not _pid_alive(int(marker.get("pid", -1)))):
+        marker = {**marker, "status": INTERRUPTED, "killed": True}
+    return marker
+
+
+def run_dirs(results_dir: str) -> List[str]:
+    """Every run folder under ``results_dir``, oldest first (run ids start with their time)."""
+    if not os.path.isdir(results_dir):
+        return []
+    return [os.path.join(results_dir, d) for d in sorted(os.listdir(results_dir))
+            if os.path.isdir(os.path.join(results_dir, d))]
+
+
+def latest_run(results_dir: str) -> Optional[str]:
+    """The newest run folder with a marker, or None."""
+    marked = [d for d in run_dirs(results_dir) if os.path.exists(os.path.join(d, STATUS_FILE))]
+    return marked[-1] if marked else None
+
+
+def latest_unfinished(results_dir: str) -> Optional[str]:
+    """The newest run folder when it was interrupted or killed (what ``mtl resume`` continues), else None."""
+    latest = latest_run(results_dir)
+    marker = read_status(latest) if latest else None
+    return latest if marker and marker["status"] == INTERRUPTED else None
+
+
+def is_finished(run_dir: str) -> bool:
+    """Whether ``mtl report`` reads the run by default: finished, or written before markers existed."""
+    marker = read_status(run_dir)
+    return marker is None or marker["status"] == FINISHED
+
+
+def summary(study_dir: str) -> List[str]:
+    """``mtl status``: the latest run of the study under ``study_dir``, from its files alone (no Ray).
+
+    Trials completed / failed come from the per-experiment Parquet files; trials started but not
+    in a file yet are the Tune trial folders (those holding a ``params.json``, made since the run
+    started) of the experiment under way.
+    """
+    from orchestrator.results import read_rows
+    from orchestrator.tuning import trial_name
+
+    results_dir = os.path.join(study_dir, "results")
+    latest = latest_run(results_dir)
+    if latest is None:
+        return [f"{study_dir}: no run with a status marker under {results_dir}"]
+    marker = read_status(latest) or {}
+    rows = [r for f in sorted(os.listdir(latest)) if f.endswith(".parquet")
+            for r in read_rows(os.path.join(latest, f))]
+    done = list(marker.get("experiments_done", []))
+    state = marker["status"] + (" (driver killed: its pid is gone)" if marker.get("killed") else "")
+    lines = [f"run {os.path.basename(latest)}: {state}; started {marker.get('started')}, "
+             f"ended {marker.get('ended') or '-'}, pid {marker.get('pid')} on {marker.get('host')}",
+             f"experiments done: {len(done)} / {marker.get('experiments_total')}"]
+    counts: Dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    in_files: Dict[str, int] = {}
+    for r in rows:
+        in_files[r["experiment"]] = in_files.get(r["experiment"], 0) + 1
+    started = 0
+    current = marker.get("experiment_running")
+    folder = os.path.join(study_dir, "tune", trial_name(current)) if current else ""
+    if folder and os.path.isdir(folder):  # the folder is shared with earlier runs of the experiment
+        since = datetime.datetime.fromisoformat(marker["started"]).timestamp()
+        started = max(0, sum(os.path.exists(os.path.join(folder, t, "params.json"))
+                             and os.path.getmtime(os.path.join(folder, t)) >= since for t in os.listdir(folder))
+                      - in_files.get(current, 0))
+    failed = sum(n for s, n in counts.items() if s != "completed")
+    lines.append(f"trials: {counts.get('completed', 0)} completed, {failed} not completed "
+                 f"({', '.join(f'{n} {s}' for s, n in sorted(counts.items()) if s != 'completed') or 'none'}), "
+                 f"{started} started without a row yet (running or unfinished)")
+    chosen = [r for r in rows if r["role"] == "multi_task" and r.get("selected") and r["val_delta_m"] is not None]
+    if chosen:
+        best = max(chosen, key=lambda r: r["val_delta_m"])
+        lines.append(f"best val Δm so far: {best['val_delta_m']:+.2f}% "
+                     f"({best['experiment']}, one seed of its selected setting)")
+    else:
+        lines.append("best val Δm so far: none (no multi-task experiment has a selected setting yet)")
+    return lines
+
