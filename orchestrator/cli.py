@@ -334,18 +334,10 @@ def dry_run(spec, storage: str, smoke_run: bool) -> str:
 def cmd_report(args) -> int:
     import json
 
-    from orchestrator.report import load_rows, render, render_times
+    from orchestrator.report import render, render_times, rows_for
 
-    try:
-        rows, skipped = load_rows(args.results, all_runs=args.all_runs)
-    except FileNotFoundError as err:
-        print(f"mtl report: {err}", file=sys.stderr)
-        return 2
-    for line in skipped:
-        print(f"mtl report: skipped {line}", file=sys.stderr)
-    if not rows:
-        print(f"mtl report: no results rows in {args.results}"
-              + (" (every Parquet file there was skipped)" if skipped else ""), file=sys.stderr)
+    rows = rows_for("report", args.results, all_runs=args.all_runs)
+    if rows is None:
         return 2
     primary = next((r for r in rows if r["role"] == "multi_task"), None)
     primary_task = json.loads(primary["config_json"]).get("primary_task") if primary else None

@@ -37,7 +37,6 @@ import glob
 import json
 import math
 import os
-import sys
 from dataclasses import dataclass
 from statistics import mean, pstdev
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
@@ -435,21 +434,15 @@ def add_plot_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def plot_main(args: argparse.Namespace) -> int:
     """Render the PNGs of a stored study; prints their paths."""
-    from orchestrator.report import load_rows
+    from orchestrator.report import rows_for
     from orchestrator.study import DEFAULT_STORAGE
 
     storage = args.storage or DEFAULT_STORAGE
     named = os.path.join(storage, args.study)
     study_dir = args.study if args.storage is None and not os.path.isdir(named) else named
-    try:
-        rows, skipped = load_rows(study_dir)  # the files ``mtl report`` reads, by the same rule
-    except FileNotFoundError as err:
-        print(f"mtl plot: {err} (give a study folder, or a study name under --storage {storage})", file=sys.stderr)
-        return 2
-    for line in skipped:
-        print(f"mtl plot: skipped {line}", file=sys.stderr)
-    if not rows:
-        print(f"mtl plot: {study_dir} holds no results rows", file=sys.stderr)
+    # the files ``mtl report`` reads, by the same rule
+    rows = rows_for("plot", study_dir, hint=f" (give a study folder, or a study name under --storage {storage})")
+    if rows is None:
         return 2
     run_id = max(r["run_id"] or "" for r in rows)
     if any((r["run_id"] or "") != run_id for r in rows):  # several runs' files, no gathered results.parquet

@@ -389,6 +389,25 @@ def load_rows(path: str, all_runs: bool = False) -> Tuple[List[Dict[str, Any]], 
     return rows, skipped
 
 
+
+def rows_for(command: str, path: str, all_runs: bool = False, hint: str = "") -> Optional[List[Dict[str, Any]]]:
+    """``load_rows`` for a CLI command: the skipped files and any failure as one stderr line each
+    (prefixed "mtl <command>:"); None when there are no rows to show (the command exits 2)."""
+    import sys
+
+    try:
+        rows, skipped = load_rows(path, all_runs=all_runs)
+    except FileNotFoundError as err:
+        print(f"mtl {command}: {err}{hint}", file=sys.stderr)
+        return None
+    for line in skipped:
+        print(f"mtl {command}: skipped {line}", file=sys.stderr)
+    if not rows:
+        print(f"mtl {command}: no results rows in {path}"
+              + (" (every Parquet file there was skipped)" if skipped else ""), file=sys.stderr)
+        return None
+    return rows
+
 def auxiliary_notes(rows: Sequence[Dict[str, Any]]) -> List[str]:
     """One line per model that trained auxiliary tasks (supervised, not in the columns or Δm)."""
     per_model: Dict[str, List[str]] = {}

@@ -75,7 +75,7 @@ class IAL(Balancer):
 
     def __init__(self, task_names, params=None, context=None, **kwargs):
         super().__init__(task_names, params, context, **kwargs)
-        self.primary_task = primary_task = self.resolve_primary_task(self.params.primary_task)
+        self.primary_task = self.resolve_primary_task(self.params.primary_task)
         self.log_vars = nn.Parameter(torch.full((len(self.task_names),), float(self.params.init_log_var)))
 
     def combine(self, losses: Dict[str, Tensor]) -> Tensor:
