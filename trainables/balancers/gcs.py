@@ -72,7 +72,7 @@ class GCS(Balancer):
 
     def __init__(self, task_names, params=None, context=None, **kwargs):
         super().__init__(task_names, params, context, **kwargs)
-        self.primary_task = primary_task = self.resolve_primary_task(self.params.primary_task, " (auxiliary learning)")
+        self.primary_task = self.resolve_primary_task(self.params.primary_task, " (auxiliary learning)")
         self.register_buffer("weights", torch.ones(len(self.task_names)))  # coefficients of the last step
 
     def grad_weights(self, gram: Tensor, losses: Dict[str, Tensor]) -> Tensor:
