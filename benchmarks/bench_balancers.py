@@ -5,19 +5,28 @@ Model: ``mtl_baseline`` = ``tiny_cnn`` encoder + ``conv`` heads for semseg / dep
 threads as there are cores (``--device cuda`` to time a GPU). Each method gets its own copy of
 the same initial model; after a warm-up, repetitions are interleaved in a fresh random order
 every round so that machine noise hits every method alike, and the median step time is
-reported as a ratio to ``fixed``'s. A bilevel balancer (``needs_meta_batch``: Auto-Lambda) gets
-the same batch as its meta batch (``training_step`` ignores it for the others). "naive" is the
-reference loop the step's batched vector-Jacobian products replace: one full backward per task
-(``loss_t.backward(retain_graph=True)`` and a copy of the shared gradients each time), then their
-sum.
+reported as a ratio to ``fixed``'s. The whole measurement runs ``--repeats`` times and the table
+shows the median over repeats of those medians (and the range of the ratio). A bilevel balancer
+(``needs_meta_batch``: Auto-Lambda) gets the same batch as its meta batch (``training_step``
+ignores it for the others). "naive" is the reference loop the step's batched vector-Jacobian
+products replace: one full backward per task (``loss_t.backward(retain_graph=True)`` and a copy
+of the shared gradients each time), then their sum.
+
+Loop vs batched: the step (``trainables/steps.py``) has only the batched path for
+parameter-level balancers (one ``autograd.grad(..., is_grads_batched=True)`` for all tasks).
+Each of them is also timed with ``vjp_loop``, a benchmark-local stand-in that runs every batched
+call as one vector-Jacobian product per task and stacks the rows: the same step, same result,
+one backward per task. Representation-level balancers take per-task gradients of z only through
+the heads, one call per task already: no batched path to compare.
 
 Targets: representation-level methods <= 1.3x fixed, parameter-level methods <= 1.8x.
 
-    python benchmarks/bench_balancers.py [--rounds 30] [--warmup 5] [--device cpu]
+    python benchmarks/bench_balancers.py [--rounds 30] [--warmup 5] [--repeats 3] [--device cpu]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import os
 import random
@@ -26,6 +35,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from trainables.build import build_balancer, build_model, build_tasks
 from trainables.plugins import Plugin, RunContext
@@ -67,14 +77,63 @@ def naive_step(model, tasks, batch, optimizer) -> None:
     optimizer.step()
 
 
+@contextlib.contextmanager
+def vjp_loop():
+    """Within the block, ``torch.autograd.grad(..., is_grads_batched=True)`` runs one
+    vector-Jacobian product per row of the grad_outputs (one backward per task) and stacks them."""
+    batched = torch.autograd.grad
+
+    def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=False, allow_unused=None,
+             is_grads_batched=False, **kwargs):
+        if not is_grads_batched:
+            return batched(outputs, inputs, grad_outputs=grad_outputs, retain_graph=retain_graph,
+                           create_graph=create_graph, allow_unused=allow_unused, **kwargs)
+        outs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
+        rows_of = [grad_outputs] if isinstance(grad_outputs, Tensor) else list(grad_outputs)
+        inputs = [inputs] if isinstance(inputs, Tensor) else list(inputs)
+        n = rows_of[0].shape[0]
+        per_row = [batched(outs, inputs, grad_outputs=[g[i] for g in rows_of],
+                           retain_graph=True if i < n - 1 else retain_graph, create_graph=create_graph,
+                           allow_unused=allow_unused)
+                   for i in range(n)]
+        return tuple(None if all(row[j] is None for row in per_row)
+                     else torch.stack([row[j] if row[j] is not None else torch.zeros_like(x) for row in per_row])
+                     for j, x in enumerate(inputs))
+
+    torch.autograd.grad = grad
+    try:
+        yield
+    finally:
+        torch.autograd.grad = batched
+
+
 def level(balancer) -> str:
     return balancer.info.grad_target if balancer.info.needs_task_grads else "loss"
+
+
+def measure(runs: dict, rounds: int, warmup: int, sync, seed: int) -> dict:
+    """Median seconds per step of every run: ``rounds`` interleaved rounds in a fresh random order
+    each, after ``warmup`` untimed ones."""
+    times = {name: [] for name in runs}
+    order = list(runs)
+    rng = random.Random(seed)
+    for r in range(warmup + rounds):
+        rng.shuffle(order)
+        for name in order:
+            sync()
+            t0 = time.perf_counter()
+            runs[name][1]()
+            sync()
+            if r >= warmup:
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3, help="whole measurements; the table shows their median")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--device", default="cpu")
@@ -86,42 +145,49 @@ def main() -> None:
     base = build_model(tasks).to(device)
     batch = make_batch(args.batch, args.size, device)
 
-    runs = {}
-    for name in BALANCERS.names():
+    def step(name: str, loop: bool):
         model = copy.deepcopy(base)
         balancer = build_balancer(name, TASKS, RunContext(primary_task=TASKS[0], seed=0)).to(device)
         optimizer = torch.optim.Adam(list(model.parameters()) + list(balancer.parameters()), lr=1e-4)
-        # bilevel methods get the training batch as meta batch: the cost does not depend on its samples
-        runs[name] = (level(balancer), lambda m=model, b=balancer, o=optimizer: training_step(m, b, tasks, batch, o,
-                                                                                              meta_batch=batch))
+
+        def run() -> None:  # bilevel methods get the training batch as meta batch: same cost
+            with vjp_loop() if loop else contextlib.nullcontext():
+                training_step(model, balancer, tasks, batch, optimizer, meta_batch=batch)
+        return level(balancer), run
+
+    runs, loops = {}, {}
+    for name in BALANCERS.names():
+        runs[name] = step(name, loop=False)
+        if runs[name][0] == "params":  # the only level with a batched vector-Jacobian product
+            loops[name] = f"{name} [loop]"
+            runs[loops[name]] = step(name, loop=True)
     model = copy.deepcopy(base)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     runs["naive (1 backward/task)"] = ("params", lambda: naive_step(model, tasks, batch, optimizer))
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times = {name: [] for name in runs}
-    order = list(runs)
-    rng = random.Random(0)
-    for r in range(args.warmup + args.rounds):
-        rng.shuffle(order)
-        for name in order:
-            sync()
-            t0 = time.perf_counter()
-            runs[name][1]()
-            sync()
-            if r >= args.warmup:
-                times[name].append(time.perf_counter() - t0)
+    medians = [measure(runs, args.rounds, args.warmup, sync, seed) for seed in range(args.repeats)]
+    ms = {name: statistics.median(m[name] for m in medians) * 1e3 for name in runs}
+    ratios = {name: [m[name] / m["fixed"] for m in medians] for name in runs}
 
-    ref = statistics.median(times["fixed"])
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
-          f"batch {args.batch} x {args.size}x{args.size}, tasks {TASKS}, {args.rounds} rounds")
-    print(f"{'balancer':<26}{'level':<16}{'median ms':>10}{'x fixed':>9}{'target':>8}")
-    for name in sorted(runs, key=lambda n: (n.startswith("naive"), n)):
+          f"batch {args.batch} x {args.size}x{args.size}, tasks {TASKS}, {args.rounds} rounds x {args.repeats} repeats")
+    print(f"{'balancer':<26}{'level':<16}{'median ms':>10}{'x fixed':>9}{'(range)':>13}{'target':>10}"
+          f"{'loop ms':>10}{'loop/batched':>14}")
+    shown = [n for n in runs if n not in loops.values()]
+    for name in sorted(shown, key=lambda n: (n.startswith("naive"), n)):
         lvl = runs[name][0]
-        med = statistics.median(times[name])
+        ratio = statistics.median(ratios[name])
+        spread = f"({min(ratios[name]):.2f}-{max(ratios[name]):.2f})"
         target = TARGETS[lvl] if not name.startswith("naive") else None
-        verdict = "" if target is None else (f"<={target}" + (" ok" if med / ref <= target else " MISS"))
-        print(f"{name:<26}{lvl:<16}{med * 1e3:>10.1f}{med / ref:>9.2f}  {verdict}")
+        verdict = "" if target is None else (f"<={target}" + (" ok" if ratio <= target else " MISS"))
+        loop = ""
+        if name in loops:
+            loop = f"{ms[loops[name]]:>10.1f}{ms[loops[name]] / ms[name]:>14.2f}"
+        print(f"{name:<26}{lvl:<16}{ms[name]:>10.1f}{ratio:>9.2f}{spread:>13}  {verdict:<8}{loop}")
+    if loops:
+        faster = sum(ms[loops[n]] < ms[n] for n in loops)
+        print(f"loop faster than batched for {faster} of {len(loops)} parameter-level balancers on this {device.type}")
 
 
 if __name__ == "__main__":
