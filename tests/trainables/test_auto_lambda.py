@@ -13,49 +13,28 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.func import functional_call
 
 import trainables  # noqa: F401  (registers every plug-in)
-from trainables.architectures.base import MultiTaskModel
 from trainables.balancers.auto_lambda import AutoLambda
 from trainables.build import balancer_info, build_balancer, build_model, build_tasks
 from trainables.config import TrialConfig
 from trainables.meta import MetaContext
-from trainables.plugins import ArchitectureInfo, Plugin, RunContext
+from trainables.plugins import Plugin, RunContext
 from trainables.schema import ConfigError
 from trainables.session import Session
 from trainables.steps import training_step
 from trainables.train_loop import fit
-from tests.trainables.test_steps import MSETask
+from tests.trainables.test_steps import MSETask, Toy
 
 TASKS = ["a", "b", "c"]
 
 
-class Tiny(MultiTaskModel):
-    """Linear-Tanh-Linear encoder -> z [B, 4]; a Linear-Tanh-Linear head per task."""
-
-    INFO = ArchitectureInfo(has_shared_representation=True)
+class Tiny(Toy):
+    """The step tests' toy model, narrower: Linear(3, 5)-Tanh-Linear(5, 4) -> z [B, 4]."""
 
     def __init__(self, tasks):
-        super().__init__(tasks)
-        self.enc = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 4))
-        self.heads = nn.ModuleDict({t: nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 1)) for t in tasks})
-
-    def encode(self, x):
-        return self.enc(x)
-
-    def decode(self, z, input_hw):
-        return {t: head(z) for t, head in self.heads.items()}
-
-    def shared_parameters(self):
-        return list(self.enc.parameters())
-
-    def task_specific_parameters(self, task):
-        return list(self.heads[task].parameters())
-
-    def last_shared_module(self):
-        return self.enc[2]
+        super().__init__(tasks, dims=(3, 5, 4))
 
 
 def tiny(seed=0):

@@ -56,14 +56,16 @@ class MSETask(Task):
 
 
 class Toy(MultiTaskModel):
-    """Encoder Linear-Tanh-Linear -> z [B, 5]; one Linear-Tanh-Linear head per task."""
+    """Encoder Linear-Tanh-Linear -> z [B, dims[2]] (default 4 -> 6 -> 5); one Linear-Tanh-Linear
+    head per task."""
 
     INFO = ArchitectureInfo(has_shared_representation=True)
 
-    def __init__(self, tasks):
+    def __init__(self, tasks, dims=(4, 6, 5)):
         super().__init__(tasks)
-        self.enc = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 5))
-        self.heads = nn.ModuleDict({t: nn.Sequential(nn.Linear(5, 3), nn.Tanh(), nn.Linear(3, 1)) for t in tasks})
+        d_in, d_hidden, d_z = dims
+        self.enc = nn.Sequential(nn.Linear(d_in, d_hidden), nn.Tanh(), nn.Linear(d_hidden, d_z))
+        self.heads = nn.ModuleDict({t: nn.Sequential(nn.Linear(d_z, 3), nn.Tanh(), nn.Linear(3, 1)) for t in tasks})
 
     def encode(self, x):
         return self.enc(x)
