@@ -103,6 +103,6 @@ class ATW(Balancer):
     def current_weights(self) -> Dict[str, float]:
         """The effective loss weights lambda_t / (2 sigma_t^2), and lambda_t as ``rate/<task>``."""
         w = self.rate_weights * 0.5 * torch.exp(-self.log_vars.detach())
-        out = {t: float(w[i]) for i, t in enumerate(self.task_names)}
-        out.update({f"rate/{t}": float(self.rate_weights[i]) for i, t in enumerate(self.task_names)})
+        out = self.per_task(w)
+        out.update(self.per_task(self.rate_weights, "rate/"))
         return out

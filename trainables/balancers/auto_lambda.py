@@ -157,4 +157,4 @@ class AutoLambda(Balancer):
         return [{"name": self.label(), "params": [self.weights], "lr_mult": self.params.lr_mult, "weight_decay": 0.0}]
 
     def current_weights(self) -> Dict[str, float]:
-        return {t: float(self.weights[i].detach()) for i, t in enumerate(self.task_names)}
+        return self.per_task(self.weights)

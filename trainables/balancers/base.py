@@ -111,6 +111,11 @@ class Balancer(nn.Module, Configurable):
         return {}
 
     # -- helpers --------------------------------------------------------------------------------
+    def per_task(self, values: Tensor, prefix: str = "") -> Dict[str, float]:
+        """A vector over ``task_names`` as {prefix + task: value} (``current_weights``' form)."""
+        values = values.detach()
+        return {f"{prefix}{t}": float(values[i]) for i, t in enumerate(self.task_names)}
+
     def present(self, losses: Dict[str, Tensor]) -> List[str]:
         """The tasks of ``losses`` in the balancer's order (the rows of gradient matrices)."""
         return [t for t in self.task_names if t in losses]

@@ -125,4 +125,4 @@ class CAGrad(Balancer):
 
     def current_weights(self) -> Dict[str, float]:
         """Coefficients of the last shared update d = sum_i c_i g_i."""
-        return {t: float(self.last_weights[i]) for i, t in enumerate(self.task_names)}
+        return self.per_task(self.last_weights)

@@ -135,4 +135,4 @@ class DTP(Balancer):
 
     def current_weights(self) -> Dict[str, float]:
         w = self.focal_weights(self.kpi_avg, self.gamma, self.kpi_seen)
-        return {t: float(w[i]) for i, t in enumerate(self.task_names)}
+        return self.per_task(w)

@@ -66,4 +66,4 @@ class DWA(Balancer):
         return sum(self.weights[i] * losses[t] for i, t in enumerate(self.task_names) if t in losses)
 
     def current_weights(self) -> Dict[str, float]:
-        return {t: float(self.weights[i]) for i, t in enumerate(self.task_names)}
+        return self.per_task(self.weights)

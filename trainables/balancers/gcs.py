@@ -96,4 +96,4 @@ class GCS(Balancer):
 
     def current_weights(self) -> Dict[str, float]:
         """The shared-parameter coefficients of the last step (1 for every task before the first)."""
-        return {t: float(self.weights[i]) for i, t in enumerate(self.task_names)}
+        return self.per_task(self.weights)

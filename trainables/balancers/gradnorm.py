@@ -127,4 +127,4 @@ class GradNorm(Balancer):
         return torch.tensor([self.task_names.index(t) for t in self.present(losses)], device=self.weights.device)
 
     def current_weights(self) -> Dict[str, float]:
-        return {t: float(self.weights[i]) for i, t in enumerate(self.task_names)}
+        return self.per_task(self.weights)

@@ -117,5 +117,5 @@ class IAL(Balancer):
         s = self.log_vars.detach()
         enc = self.aux_weights(torch.exp(0.5 * s))
         out = {t: 1.0 if t == self.primary_task else float(enc[i]) for i, t in enumerate(self.task_names)}
-        out.update({f"decoder/{t}": float(0.5 * torch.exp(-s[i])) for i, t in enumerate(self.task_names)})
+        out.update(self.per_task(0.5 * torch.exp(-s), "decoder/"))
         return out

@@ -117,4 +117,4 @@ class IMTL(Balancer):
             w = torch.exp(self.log_scales.detach())
         else:
             w = self.last_weights
-        return {t: float(w[i]) for i, t in enumerate(self.task_names)}
+        return self.per_task(w)

@@ -122,4 +122,4 @@ class MGDA(Balancer):
 
     def current_weights(self) -> Dict[str, float]:
         """alpha of the last step (0 for tasks absent from it)."""
-        return {t: float(self.last_alpha[i]) for i, t in enumerate(self.task_names)}
+        return self.per_task(self.last_alpha)

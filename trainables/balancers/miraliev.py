@@ -71,4 +71,4 @@ class Miraliev(Balancer):
 
     def current_weights(self) -> Dict[str, float]:
         w = torch.exp(-self.log_weights.detach())
-        return {t: float(w[i]) for i, t in enumerate(self.task_names)}
+        return self.per_task(w)

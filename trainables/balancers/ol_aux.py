@@ -125,4 +125,4 @@ class OLAux(Balancer):
 
     def current_weights(self) -> Dict[str, float]:
         """w_k in effect (1 for the primary task)."""
-        return {t: float(self.weights[i]) for i, t in enumerate(self.task_names)}
+        return self.per_task(self.weights)

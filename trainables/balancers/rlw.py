@@ -77,7 +77,7 @@ class RLW(Balancer):
 
     def current_weights(self) -> Dict[str, float]:
         """The weights drawn at the last step."""
-        return {t: float(self.weights[i]) for i, t in enumerate(self.task_names)}
+        return self.per_task(self.weights)
 
     def get_extra_state(self):
         return {"generator": self.generator.get_state()}

@@ -70,4 +70,4 @@ class Uncertainty(Balancer):
 
     def current_weights(self) -> Dict[str, float]:
         w = self.precision_scale * torch.exp(-self.log_vars.detach())
-        return {t: float(w[i]) for i, t in enumerate(self.task_names)}
+        return self.per_task(w)
