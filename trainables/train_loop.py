@@ -161,15 +161,20 @@ def validation_diverged(val: Mapping[str, float], counts: Mapping[str, float], s
     return None
 
 
+def extra_labels(cfg: TrialConfig) -> List[str]:
+    """Labels some regulariser reads besides the model's tasks' (MGM's scene label), in order."""
+    wanted = (t for ref in cfg.regularisers for t in regulariser_info(ref).extra_labels)
+    return [t for t in dict.fromkeys(wanted) if t not in cfg.tasks]
+
+
 def fit(cfg: TrialConfig, session: Session) -> Dict[str, Any]:
     """Train ``cfg`` to the end (or from its last checkpoint); return the last report."""
     seed_everything(cfg.seed + 1000 * session.rank)
     tasks = build_tasks(cfg.dataset, cfg.tasks, cfg.auxiliary_tasks)
     directions = primary_directions(tasks)  # auxiliary tasks are trained and logged, not scored
     reg_needs = [regulariser_info(ref) for ref in cfg.regularisers]
-    # labels some regulariser reads besides the model's tasks' (MGM's scene label)
-    extra_labels = [t for t in dict.fromkeys(t for n in reg_needs for t in n.extra_labels) if t not in cfg.tasks]
-    train_set = build_dataset(cfg.dataset, cfg.data_root, "train", list(cfg.tasks) + extra_labels, augment=True)
+    extra = extra_labels(cfg)
+    train_set = build_dataset(cfg.dataset, cfg.data_root, "train", list(cfg.tasks) + extra, augment=True)
     weak_set = None
     if cfg.label_file:  # partially labelled MTL: drop the labels the study's label file removes
         from trainables.datasets.partial import LabelMasked, load_label_mask, split_unlabelled
@@ -214,7 +219,7 @@ def fit(cfg: TrialConfig, session: Session) -> Dict[str, Any]:
     balancer = build_balancer(cfg.balancer, cfg.tasks, cfg.context).to(session.device)
     regularisers = regularisers.to(session.device)
     image_hw = tuple(train_set[0]["image"].shape[-2:]) if len(regularisers) else None
-    label_tasks = build_tasks(cfg.dataset, extra_labels)
+    label_tasks = build_tasks(cfg.dataset, extra)
     for reg in regularisers:
         reg.attach(model, session, image_hw, label_tasks)
     # the components table: what trains besides the model (optimiser groups with their rate
@@ -360,14 +365,14 @@ def regulariser_artifacts(checkpoint: str, folder: str, stem: str, num_images: i
     if not cfg.regularisers:
         return []
     tasks = build_tasks(cfg.dataset, cfg.tasks, cfg.auxiliary_tasks)
-    extra = list(dict.fromkeys(t for r in cfg.regularisers for t in regulariser_info(r).extra_labels if t not in cfg.tasks))
+    extra = extra_labels(cfg)
     val_set = build_dataset(cfg.dataset, cfg.data_root, "val", list(cfg.tasks) + extra)
     batch = default_collate([val_set[i] for i in range(min(num_images, len(val_set)))])
     model = build_model(tasks, cfg.model)
     model.load_state_dict(state["model"])
     regularisers = build_regularisers(cfg.regularisers, tasks, cfg.context)
+    label_tasks, session = build_tasks(cfg.dataset, extra), Session(device=torch.device("cpu"))
     for reg in regularisers:
-        reg.attach(model, Session(device=torch.device("cpu")), tuple(batch["image"].shape[-2:]),
-                   build_tasks(cfg.dataset, extra))
+        reg.attach(model, session, tuple(batch["image"].shape[-2:]), label_tasks)
     regularisers.load_state_dict(state["regularisers"])
     return [path for reg in regularisers for path in reg.artifacts(batch["image"], batch["targets"], folder, stem)]
