@@ -98,6 +98,7 @@ from trainables.regularisers.mgm_nets import (
     hinge_d_loss,
     hinge_g_loss,
     instance_noise,
+    last_map,
     nt_xent,
     reconstruction_loss,
     simclr_augment,
@@ -187,10 +188,6 @@ def frozen(*modules: nn.Module) -> Iterator[None]:
     finally:
         for p, flag in zip(params, flags):
             p.requires_grad_(flag)
-
-
-def last_map(z: Any) -> Tensor:
-    return z[-1] if isinstance(z, (tuple, list)) else z
 
 
 @register_regulariser("mgm")
@@ -469,7 +466,7 @@ class MGM(Regulariser):
             return nt_xent(a, b, p.temperature)
         if len(images) == 0:
             return zero
-        return reconstruction_loss(self.reconstruction(last_map(_rows(features, rows))), images)
+        return reconstruction_loss(self.reconstruction(_rows(features, rows)), images)
 
 
 def _rows(features: Any, rows: Tensor) -> Any:

@@ -77,14 +77,15 @@ from trainables.regularisers.mgm_sagan import (ConditionalBatchNorm2d, SAGANDisc
 
 __all__ = ["ConditionalBatchNorm2d", "SelfAttention", "SAGANGenerator", "SAGANDiscriminator", "hinge_d_loss",
            "hinge_g_loss", "instance_noise", "Middle", "RefinementNet", "ProjectionHead", "nt_xent",
-           "simclr_augment", "ReconstructionDecoder", "reconstruction_loss"]
+           "simclr_augment", "ReconstructionDecoder", "reconstruction_loss", "last_map"]
 
 Features = Union[Tensor, Sequence[Tensor]]
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 luminance, torchvision's grayscale weights
 RGB_TO_YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
 
 
-def _last(features: Features) -> Tensor:
+def last_map(features: Features) -> Tensor:
+    """The feature map, or the last of a tuple of maps (a multi-scale encoder's coarsest)."""
     return features if isinstance(features, Tensor) else features[-1]
 
 
@@ -104,7 +105,7 @@ class Middle(nn.Module):
         self.bn = nn.BatchNorm1d(z_dim)
 
     def forward(self, features: Features) -> Tensor:
-        return self.bn(self.linear(_last(features).mean(dim=(2, 3))))
+        return self.bn(self.linear(last_map(features).mean(dim=(2, 3))))
 
 
 class _BasicBlock(nn.Module):
@@ -189,7 +190,7 @@ class ProjectionHead(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(in_channels, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
 
     def forward(self, features: Features) -> Tensor:
-        return self.mlp(_last(features).mean(dim=(2, 3)))
+        return self.mlp(last_map(features).mean(dim=(2, 3)))
 
 
 def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
@@ -316,7 +317,7 @@ class ReconstructionDecoder(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, features: Features) -> Tensor:
-        return self.net(_last(features))
+        return self.net(last_map(features))
 
 
 def reconstruction_loss(pred: Tensor, image: Tensor) -> Tensor:
