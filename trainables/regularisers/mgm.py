@@ -88,6 +88,7 @@ from torch import Tensor, nn
 from trainables.plugins import RegulariserInfo
 from trainables.registry import register_regulariser
 from trainables.regularisers.base import Regulariser, append_samples, zero_like_outputs
+from trainables.regularisers.maps import check_choice, check_number
 from trainables.regularisers.mgm_nets import (
     Middle,
     ProjectionHead,
@@ -156,20 +157,17 @@ class MGMParams:
         _check("pretrain_epochs", self.pretrain_epochs, isinstance(self.pretrain_epochs, int) and self.pretrain_epochs >= 0,
                "an int >= 0")
         for name in ("g_lr", "d_lr", "temperature"):
-            value = getattr(self, name)
-            _check(name, value, isinstance(value, (int, float)) and value > 0, "a number > 0")
+            check_number("mgm", name, getattr(self, name), positive=True)
         for name in ("feature_noise", "instance_noise", "refine_weight", "ssl_weight", "adv_weight"):
-            value = getattr(self, name)
-            _check(name, value, isinstance(value, (int, float)) and value >= 0, "a number >= 0")
+            check_number("mgm", name, getattr(self, name))
         betas = tuple(self.betas)
         _check("betas", self.betas, len(betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas),
                "two numbers in [0, 1)")
         object.__setattr__(self, "betas", tuple(float(b) for b in betas))
         for name in ("generate", "joint", "refine"):
             _check(name, getattr(self, name), isinstance(getattr(self, name), bool), "true or false")
-        _check("self_supervision", self.self_supervision, self.self_supervision in SELF_SUPERVISION,
-               f"one of {SELF_SUPERVISION}")
-        _check("weak_source", self.weak_source, self.weak_source in WEAK_SOURCES, f"one of {WEAK_SOURCES}")
+        check_choice("mgm", "self_supervision", self.self_supervision, SELF_SUPERVISION)
+        check_choice("mgm", "weak_source", self.weak_source, WEAK_SOURCES)
 
     @property
     def trains_gan(self) -> bool:
