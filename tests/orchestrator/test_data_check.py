@@ -2,7 +2,6 @@
 named on stderr when one file is missing, corrupt or out of range."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
@@ -13,10 +12,8 @@ from PIL import Image
 from orchestrator.cli import main
 
 # The fixture-tree writers (exact on-disk formats) live beside the loader tests.
-_spec = importlib.util.spec_from_file_location(
-    "_dataset_fixtures", os.path.join(os.path.dirname(__file__), "..", "trainables", "test_datasets_nyud_cityscapes.py"))
-fixtures = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fixtures)
+from tests.trainables import test_datasets_nyud_cityscapes as fixtures
+from tests.trainables.test_datasets_mtan import write_mtan
 
 
 def run_check(capsys, dataset, root, *params):
@@ -109,7 +106,7 @@ def test_wrong_size_and_bad_params(capsys, nyud_root):
 
 
 def test_mtan_sets(capsys, tmp_path):
-    fixtures.write_mtan(tmp_path / "nyu", "nyuv2_mtan")
+    write_mtan(tmp_path / "nyu", "nyuv2_mtan")
     code, out, err = run_check(capsys, "nyuv2_mtan", tmp_path / "nyu")
     assert code == 0, err
     assert json.loads(out)["splits"] == {"train": 4, "val": 1, "test": 2}
@@ -119,7 +116,7 @@ def test_mtan_sets(capsys, tmp_path):
     np.save(path, label)
     code, _, err = run_check(capsys, "nyuv2_mtan", tmp_path / "nyu")
     assert code != 0 and path in err and "integers in -1..12" in err
-    fixtures.write_mtan(tmp_path / "cs", "cityscapes_mtan")
+    write_mtan(tmp_path / "cs", "cityscapes_mtan")
     code, out, err = run_check(capsys, "cityscapes_mtan", tmp_path / "cs", "num_classes=19")
     assert code == 0, err
     assert json.loads(out)["tasks"]["semseg"]["max"] <= 18
