@@ -316,24 +316,40 @@ class SyntheticScenes(torch.utils.data.Dataset, Configurable):
         self._arrays = self._load(["image"] + list(dict.fromkeys(self.source[t] for t in self.tasks)))
 
     def _load(self, columns: Sequence[str]) -> Dict[str, np.ndarray]:
-        """This split's requested columns as compact numpy arrays, in index order."""
+        """This split's requested columns as compact numpy arrays, in index order.
+
+        One column at a time, each dense column's rows (equal-size binary values) are copied
+        straight from Arrow's data buffers into one preallocated array - no Python bytes per row -
+        and Arrow's memory is handed back to the system after each: loading a split costs about
+        its arrays plus one column."""
         s = self.params.image_size
-        names = _shard_names(self.params, self.split)
-        table = pa.concat_tables(
-            [pq.read_table(os.path.join(self.path, n), columns=["index"] + list(columns))
-             for n in names])
-        index = table.column("index").to_numpy()
-        if not np.array_equal(index, np.arange(self.params.count(self.split))):
+        paths = [os.path.join(self.path, n) for n in _shard_names(self.params, self.split)]
+
+        def column(name: str) -> pa.ChunkedArray:
+            return pa.concat_tables([pq.read_table(path, columns=[name]) for path in paths]).column(name)
+
+        count = self.params.count(self.split)
+        if not np.array_equal(column("index").to_numpy(), np.arange(count)):
             raise RuntimeError(f"synthetic: cache {self.path} is corrupt (bad index column); "
                                f"delete it to regenerate")
         out: Dict[str, np.ndarray] = {}
         for col in columns:
             if col == "scene":
-                out[col] = table.column(col).to_numpy().astype(np.int64)
+                out[col] = column(col).to_numpy().astype(np.int64)
                 continue
             dtype, shape = _DENSE_COLUMNS[col]
-            raw = b"".join(table.column(col).to_pylist())
-            out[col] = np.frombuffer(raw, dtype=dtype).reshape((len(index),) + shape(s))
+            out[col] = np.empty((count,) + shape(s), dtype=dtype)
+            rows = out[col].reshape(count, -1).view(np.uint8)  # the same memory, as bytes per row
+            start = 0
+            for chunk in column(col).chunks:
+                offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int32)[chunk.offset:chunk.offset + len(chunk) + 1]
+                if len(chunk) and np.any(np.diff(offsets) != rows.shape[1]):
+                    raise RuntimeError(f"synthetic: cache {self.path} is corrupt (column {col!r} has rows of "
+                                       f"another size than {rows.shape[1]} bytes); delete it to regenerate")
+                data = np.frombuffer(chunk.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
+                rows[start:start + len(chunk)] = data.reshape(len(chunk), rows.shape[1])
+                start += len(chunk)
+            pa.default_memory_pool().release_unused()
         return out
 
     def __len__(self) -> int:
