@@ -69,6 +69,22 @@ def test_cache_matches_renderer_whatever_the_split_sizes(small_root, tmp_path):
         assert ds._arrays["scene"][i] == ref["scene"]
 
 
+def test_a_row_of_the_wrong_size_is_refused_naming_the_column(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = syn.SyntheticScenes.prepare(str(tmp_path), **SMALL)
+    shard = os.path.join(path, "val-00000.parquet")
+    table = pq.read_table(shard)
+    depth = table.column("depth").to_pylist()
+    depth[2] = depth[2][:-4]  # one float short
+    pq.write_table(table.set_column(table.schema.get_field_index("depth"), "depth", pa.array(depth, pa.binary())),
+                   shard)
+    with pytest.raises(RuntimeError, match=r"column 'depth' has rows of another size than \d+ bytes"):
+        syn.SyntheticScenes(str(tmp_path), "val", ["depth"], **SMALL)
+    assert len(syn.SyntheticScenes(str(tmp_path), "val", ["semseg"], **SMALL)) == SMALL["num_val"]  # other columns load
+
+
 def test_cache_layout_and_reuse(small_root, monkeypatch):
     params = syn.SyntheticParams(**SMALL)
     path = syn.SyntheticScenes.prepare(small_root, **SMALL)
