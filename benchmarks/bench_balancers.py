@@ -12,12 +12,13 @@ ignores it for the others). "naive" is the reference loop the step's batched vec
 products replace: one full backward per task (``loss_t.backward(retain_graph=True)`` and a copy
 of the shared gradients each time), then their sum.
 
-Loop vs batched: the step (``trainables/steps.py``) has only the batched path for
-parameter-level balancers (one ``autograd.grad(..., is_grads_batched=True)`` for all tasks).
-Each of them is also timed with ``vjp_loop``, a benchmark-local stand-in that runs every batched
-call as one vector-Jacobian product per task and stacks the rows: the same step, same result,
-one backward per task. Representation-level balancers take per-task gradients of z only through
-the heads, one call per task already: no batched path to compare.
+Loop vs batched: parameter-level balancers need per-task vector-Jacobian products, which the
+step (``trainables/steps.py`` ``task_vjp``) takes as one batched product
+(``autograd.grad(..., is_grads_batched=True)``) or one product per task, chosen per device
+(``vjp_mode``: the loop on the CPU, batched elsewhere). The table times each of them the shipped
+way and, in its last two columns, the other way (same step, same result). Representation-level
+balancers take per-task gradients of z only through the heads, one call per task already: no
+batched path to compare.
 
 Targets: representation-level methods <= 1.3x fixed, parameter-level methods <= 1.8x.
 
@@ -35,8 +36,8 @@ import time
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
 
+from trainables import steps
 from trainables.build import build_balancer, build_model, build_tasks
 from trainables.plugins import Plugin, RunContext
 from trainables.registry import BALANCERS
@@ -78,33 +79,15 @@ def naive_step(model, tasks, batch, optimizer) -> None:
 
 
 @contextlib.contextmanager
-def vjp_loop():
-    """Within the block, ``torch.autograd.grad(..., is_grads_batched=True)`` runs one
-    vector-Jacobian product per row of the grad_outputs (one backward per task) and stacks them."""
-    batched = torch.autograd.grad
-
-    def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=False, allow_unused=None,
-             is_grads_batched=False, **kwargs):
-        if not is_grads_batched:
-            return batched(outputs, inputs, grad_outputs=grad_outputs, retain_graph=retain_graph,
-                           create_graph=create_graph, allow_unused=allow_unused, **kwargs)
-        outs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
-        rows_of = [grad_outputs] if isinstance(grad_outputs, Tensor) else list(grad_outputs)
-        inputs = [inputs] if isinstance(inputs, Tensor) else list(inputs)
-        n = rows_of[0].shape[0]
-        per_row = [batched(outs, inputs, grad_outputs=[g[i] for g in rows_of],
-                           retain_graph=True if i < n - 1 else retain_graph, create_graph=create_graph,
-                           allow_unused=allow_unused)
-                   for i in range(n)]
-        return tuple(None if all(row[j] is None for row in per_row)
-                     else torch.stack([row[j] if row[j] is not None else torch.zeros_like(x) for row in per_row])
-                     for j, x in enumerate(inputs))
-
-    torch.autograd.grad = grad
+def vjp(mode: str):
+    """Within the block, the step takes its per-task vector-Jacobian products ``mode``'s way
+    ("loop", "batched"; "auto": the per-device choice it ships with, ``steps.vjp_mode``)."""
+    before = steps.VJP_MODE
+    steps.VJP_MODE = mode
     try:
         yield
     finally:
-        torch.autograd.grad = batched
+        steps.VJP_MODE = before
 
 
 def level(balancer) -> str:
@@ -145,22 +128,23 @@ def main() -> None:
     base = build_model(tasks).to(device)
     batch = make_batch(args.batch, args.size, device)
 
-    def step(name: str, loop: bool):
+    def step(name: str, mode: str):
         model = copy.deepcopy(base)
         balancer = build_balancer(name, TASKS, RunContext(primary_task=TASKS[0], seed=0)).to(device)
         optimizer = torch.optim.Adam(list(model.parameters()) + list(balancer.parameters()), lr=1e-4)
 
         def run() -> None:  # bilevel methods get the training batch as meta batch: same cost
-            with vjp_loop() if loop else contextlib.nullcontext():
+            with vjp(mode):
                 training_step(model, balancer, tasks, batch, optimizer, meta_batch=batch)
         return level(balancer), run
 
-    runs, loops = {}, {}
+    runs, loops = {}, {}  # runs[name]: the step as shipped (auto); loops[name]: its other way
+    other = "batched" if steps.vjp_mode(device) == "loop" else "loop"
     for name in BALANCERS.names():
-        runs[name] = step(name, loop=False)
-        if runs[name][0] == "params":  # the only level with a batched vector-Jacobian product
-            loops[name] = f"{name} [loop]"
-            runs[loops[name]] = step(name, loop=True)
+        runs[name] = step(name, "auto")
+        if runs[name][0] == "params":  # the only level with per-task vector-Jacobian products
+            loops[name] = f"{name} [{other}]"
+            runs[loops[name]] = step(name, other)
     model = copy.deepcopy(base)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     runs["naive (1 backward/task)"] = ("params", lambda: naive_step(model, tasks, batch, optimizer))
@@ -172,8 +156,11 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
           f"batch {args.batch} x {args.size}x{args.size}, tasks {TASKS}, {args.rounds} rounds x {args.repeats} repeats")
+    shipped = steps.vjp_mode(device)
+    print(f"per-task vector-Jacobian products on {device.type}: {shipped} (steps.vjp_mode); the last two "
+          f"columns time the {other} way")
     print(f"{'balancer':<26}{'level':<16}{'median ms':>10}{'x fixed':>9}{'(range)':>13}{'target':>10}"
-          f"{'loop ms':>10}{'loop/batched':>14}")
+          f"{other + ' ms':>11}{other + '/' + shipped:>15}")
     shown = [n for n in runs if n not in loops.values()]
     for name in sorted(shown, key=lambda n: (n.startswith("naive"), n)):
         lvl = runs[name][0]
@@ -183,11 +170,12 @@ def main() -> None:
         verdict = "" if target is None else (f"<={target}" + (" ok" if ratio <= target else " MISS"))
         loop = ""
         if name in loops:
-            loop = f"{ms[loops[name]]:>10.1f}{ms[loops[name]] / ms[name]:>14.2f}"
+            loop = f"{ms[loops[name]]:>11.1f}{ms[loops[name]] / ms[name]:>15.2f}"
         print(f"{name:<26}{lvl:<16}{ms[name]:>10.1f}{ratio:>9.2f}{spread:>13}  {verdict:<8}{loop}")
     if loops:
         faster = sum(ms[loops[n]] < ms[n] for n in loops)
-        print(f"loop faster than batched for {faster} of {len(loops)} parameter-level balancers on this {device.type}")
+        print(f"{other} faster than {shipped} for {faster} of {len(loops)} parameter-level balancers on this "
+              f"{device.type}")
 
 
 if __name__ == "__main__":

@@ -19,9 +19,14 @@ concurrent trials overlap, so on several cores it can exceed 100%: the next row 
 wall time x this machine's CPUs (a local Ray instance uses them all), the share of the machine
 that trained.
 
+Memory: ``Memory`` samples the study's process tree every 0.5 s (peak PSS of the whole tree, and
+per trial). ``--compare REV`` runs the same study first from a clone at git revision REV and
+prints the two columns side by side: before / after, measured in one run.
+
     python benchmarks/bench_orchestration.py                             # quickstart, temp storage
     python benchmarks/bench_orchestration.py --storage /tmp/b --warm     # cached baselines
     python benchmarks/bench_orchestration.py --preset balancing_synthetic --smoke
+    python benchmarks/bench_orchestration.py --preset balancing_synthetic --smoke --compare 9c5495b
 
 ``--warm`` runs the study once, untimed, before the timed run (so its single-task baselines come
 from the cache). Do not point it at ``survey_synthetic``: it trains for hours. Start it on an
@@ -43,14 +48,82 @@ from typing import List, Optional, Tuple
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_study(preset: str, storage: str, smoke: bool) -> Tuple[float, int]:
-    """Wall seconds and exit status of ``mtl run preset --storage storage [--smoke]``; its console
-    output goes to this process's stderr, so stdout holds only the table."""
+def run_study(preset: str, storage: str, smoke: bool, root: str = ROOT) -> Tuple[float, int, "Memory"]:
+    """Wall seconds, exit status and memory of ``mtl run preset --storage storage [--smoke]`` run
+    from the checkout ``root``; its console output goes to this process's stderr, so stdout holds
+    only the table."""
     cmd = [sys.executable, "-m", "orchestrator.cli", "run", preset, "--storage", storage]
     cmd += ["--smoke"] if smoke else []
     start = time.perf_counter()
-    done = subprocess.run(cmd, cwd=ROOT, stdout=sys.stderr, stderr=sys.stderr)
-    return time.perf_counter() - start, done.returncode
+    proc = subprocess.Popen(cmd, cwd=root, stdout=sys.stderr, stderr=sys.stderr,
+                            env={**os.environ, "PYTHONPATH": root})
+    memory = Memory(proc.pid)
+    while proc.poll() is None:
+        memory.sample()
+        time.sleep(0.5)
+    return time.perf_counter() - start, proc.returncode, memory
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read().decode(errors="replace")
+    except OSError:  # the process ended, or is not ours to read
+        return ""
+
+
+class Memory:
+    """Peak memory of a study's processes, sampled from /proc (Linux; nothing elsewhere).
+
+    Every 0.5 s: the processes descended from the study's driver (Ray's own and its workers are
+    children of it), each one's PSS (its share of the pages it maps: shared libraries count once
+    over all processes). A *trial* process is one whose title is Ray's ``ray::ImplicitFunc`` (a
+    Tune function trial); the trial processes of a sample are every ``ray::`` process that is
+    not idle and not a baseline or search actor (Tune trials, Train controllers and workers).
+    Per trial = their PSS / the number of trials in the sample; the peak over the samples is kept.
+    """
+
+    def __init__(self, root_pid: int):
+        self.root = root_pid
+        self.peak_total = 0.0  # bytes, the whole tree
+        self.peak_per_trial = 0.0
+        self.processes_per_trial = 0.0
+
+    def tree(self) -> List[int]:
+        children: dict = {}
+        for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+            if entry.isdigit():
+                stat = _read(f"/proc/{entry}/stat")
+                if stat:  # "pid (comm) state ppid ..."; comm may hold spaces
+                    children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+        found, todo = [], [self.root]
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            todo += children.get(pid, [])
+        return found
+
+    @staticmethod
+    def pss(pid: int) -> float:
+        for line in _read(f"/proc/{pid}/smaps_rollup").splitlines():
+            if line.startswith("Pss:"):
+                return float(line.split()[1]) * 1024
+        return 0.0
+
+    def sample(self) -> None:
+        total, trial_bytes, trial_procs, trials = 0.0, 0.0, 0, 0
+        for pid in self.tree():
+            pss = self.pss(pid)
+            total += pss
+            title = _read(f"/proc/{pid}/cmdline").split("\0")[0]
+            if title.startswith("ray::") and not title.startswith(("ray::IDLE", "ray::BaselineTrainer",
+                                                                    "ray::SearchActor")):
+                trial_bytes += pss
+                trial_procs += 1
+                trials += title.startswith("ray::ImplicitFunc")
+        self.peak_total = max(self.peak_total, total)
+        if trials and trial_bytes / trials > self.peak_per_trial:
+            self.peak_per_trial, self.processes_per_trial = trial_bytes / trials, trial_procs / trials
 
 
 def tune_trials(storage: str, since: float) -> List[Tuple[float, float]]:
@@ -101,7 +174,8 @@ def logged_epoch_seconds(folder: str) -> Optional[float]:
 
 
 def table(title: str, wall: float, trials: List[Tuple[float, float]], baselines: List[Tuple[float, float]],
-          cpus: int) -> str:
+          cpus: int, memory: Optional[Memory] = None) -> List[Tuple[str, str]]:
+    """The table's (row name, value) pairs."""
     trial_epochs = sum(e for _, e in trials)
     base_epochs = sum(e for _, e in baselines)
     overheads = [total - epochs for total, epochs in trials]
@@ -117,11 +191,48 @@ def table(title: str, wall: float, trials: List[Tuple[float, float]], baselines:
         ("training share of wall time", f"{100 * (trial_epochs + base_epochs) / wall:.0f}%"),
         (f"  per CPU (wall x {cpus} CPUs)", f"{100 * (trial_epochs + base_epochs) / (wall * cpus):.0f}%"),
     ]
-    width = max([len(title)] + [len(k) for k, _ in rows])
-    vwidth = max(len(v) for _, v in rows)
-    lines = [f"| {title:<{width}} | {'':<{vwidth}} |", f"|{'-' * (width + 2)}|{'-' * (vwidth + 2)}|"]
-    lines += [f"| {k:<{width}} | {v:<{vwidth}} |" for k, v in rows]
-    return "\n".join(lines)
+    if memory is not None and memory.peak_total:
+        rows += [("peak memory of the study's processes (PSS, GB)", f"{memory.peak_total / 1e9:.2f}"),
+                 ("peak memory per trial (PSS, GB)", f"{memory.peak_per_trial / 1e9:.2f} "
+                                                     f"({memory.processes_per_trial:.1f} processes)")]
+    return rows
+
+
+def render(columns: List[Tuple[str, List[Tuple[str, str]]]]) -> str:
+    """One Markdown table: a row per measure, a column per (title, rows)."""
+    names = [k for k, _ in columns[0][1]]
+    cells = [[dict(rows).get(k, "") for k in names] for _, rows in columns]
+    width = max(len(k) for k in names)
+    widths = [max([len(title)] + [len(c) for c in col]) for (title, _), col in zip(columns, cells)]
+    head = f"| {'':<{width}} | " + " | ".join(f"{t:<{w}}" for (t, _), w in zip(columns, widths)) + " |"
+    rule = f"|{'-' * (width + 2)}|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    body = [f"| {k:<{width}} | " + " | ".join(f"{col[i]:<{w}}" for col, w in zip(cells, widths)) + " |"
+            for i, k in enumerate(names)]
+    return "\n".join([head, rule] + body)
+
+
+def measure(preset: str, smoke: bool, storage: str, warm: bool, root: str = ROOT) -> Optional[List[Tuple[str, str]]]:
+    """One study's rows of the table (None if it failed), run from the checkout ``root``."""
+    if warm:
+        print(f"warm-up run of {preset} (untimed) into {storage}", file=sys.stderr)
+        if run_study(preset, storage, smoke, root)[1]:
+            print("the warm-up run failed", file=sys.stderr)
+            return None
+    since = time.time()
+    wall, rc, memory = run_study(preset, storage, smoke, root)
+    if rc:
+        print(f"mtl run {preset} failed (exit {rc}); no table", file=sys.stderr)
+        return None
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return table(preset, wall, tune_trials(storage, since), trained_baselines(storage, since), cpus, memory)
+
+
+def checkout(rev: str) -> str:
+    """A temporary clone of this repository at ``rev`` (for --compare)."""
+    folder = tempfile.mkdtemp(prefix=f"bench_orchestration-{rev}-")
+    subprocess.run(["git", "clone", "-q", "--shared", ROOT, folder], check=True)
+    subprocess.run(["git", "-C", folder, "checkout", "-q", rev], check=True)
+    return folder
 
 
 def main() -> int:
@@ -130,22 +241,26 @@ def main() -> int:
     ap.add_argument("--smoke", action="store_true", help="mtl run --smoke: shrunk data, epochs and grid")
     ap.add_argument("--storage", default=None, help="results root (default: a new temporary folder)")
     ap.add_argument("--warm", action="store_true", help="run the study once untimed first (cached baselines)")
+    ap.add_argument("--compare", metavar="REV", help="also run the study from a clone at git revision REV first: "
+                                                     "before / after in one run (one storage with --warm, else one each)")
     args = ap.parse_args()
     storage = os.path.abspath(args.storage or tempfile.mkdtemp(prefix="bench_orchestration-"))
-    if args.warm:
-        print(f"warm-up run of {args.preset} (untimed) into {storage}", file=sys.stderr)
-        _, rc = run_study(args.preset, storage, args.smoke)
-        if rc:
-            print(f"the warm-up run failed (exit {rc})", file=sys.stderr)
-            return rc
-    since = time.time()
-    wall, rc = run_study(args.preset, storage, args.smoke)
-    if rc:
-        print(f"mtl run {args.preset} failed (exit {rc}); no table", file=sys.stderr)
-        return rc
     title = f"{args.preset}{' --smoke' if args.smoke else ''}"
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    print(table(title, wall, tune_trials(storage, since), trained_baselines(storage, since), cpus))
+    columns = []
+    if args.compare:
+        # --warm: one storage for both, whose baseline cache the warm-up fills; cold: one each,
+        # so that both train their baselines
+        before = measure(args.preset, args.smoke, storage if args.warm else os.path.join(storage, "before"),
+                         args.warm, checkout(args.compare))
+        if before is None:
+            return 1
+        columns.append((f"{title} @ {args.compare}", before))
+    after = measure(args.preset, args.smoke, storage if args.warm or not args.compare else os.path.join(storage, "after"),
+                    args.warm and not args.compare)
+    if after is None:
+        return 1
+    columns.append((f"{title}{' (this checkout)' if args.compare else ''}", after))
+    print(render(columns))
     print(f"storage: {storage}")
     return 0
 

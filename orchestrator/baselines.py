@@ -24,7 +24,7 @@ import os
 import time
 from collections import Counter, defaultdict
 from statistics import mean
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from orchestrator.results import best_setting
 from orchestrator.runs import write_json_durable
@@ -74,9 +74,17 @@ class BaselineTrainer:
 
         torch.set_num_threads(max(1, num_threads))
 
-    def train(self, config: dict, out_dir: str) -> dict:
+    def train(self, config: dict, out_dir: str, mirror: Optional[Tuple[str, str]] = None) -> dict:
+        """Train (or read) the cache entry ``out_dir``; with ``mirror`` = (object-store URI, staging
+        folder), the entry is pushed to the store too, whichever node this actor runs on."""
         # a result another study cached carries that study's experiment name: this config replaces it
-        return {**train_once(out_dir, lambda: self._fit(TrialConfig.from_dict(config), out_dir)), "config": config}
+        result = {**train_once(out_dir, lambda: self._fit(TrialConfig.from_dict(config), out_dir)), "config": config}
+        if mirror is not None and result["status"] == "completed":
+            from orchestrator.storage import Mirror
+
+            store = Mirror(*mirror)
+            store.push(os.path.relpath(out_dir, store.staging))
+        return result
 
     def _fit(self, cfg: TrialConfig, out_dir: str) -> dict:
         from trainables.session import Session
@@ -100,8 +108,11 @@ def ensure_baselines(
     num_actors: int,
     actor_options: dict,
     log: Callable[[str], None] = print,
+    mirror: Optional[Tuple[str, str]] = None,
 ) -> List[dict]:
-    """Results of every config: from the cache, or trained now by an actor pool."""
+    """Results of every config: from the cache, or trained now by an actor pool. ``mirror``:
+    (object-store URI, staging folder) when ``cache_dir`` is the staging copy of a store's cache:
+    each actor pushes the entry it trained."""
     results, todo = [], []
     for cfg in configs:
         cached = load_cached(cache_dir, cfg)
@@ -112,7 +123,7 @@ def ensure_baselines(
     log(f"single-task baselines: {len(results)} cached, {len(todo)} to train")
     if not todo:
         return results
-    jobs = [(cfg.to_dict(), os.path.join(cache_dir, cache_key(cfg))) for cfg in todo]
+    jobs = [(cfg.to_dict(), os.path.join(cache_dir, cache_key(cfg)), mirror) for cfg in todo]
     for i, result in enumerate(run_on_actors(BaselineTrainer, "train", jobs, num_actors, actor_options), 1):
         cfg = result["config"]
         log(f"  [{i}/{len(jobs)}] {cfg['experiment']} {_setting(cfg)} seed={cfg['seed']}: "

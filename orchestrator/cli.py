@@ -32,11 +32,22 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true",
                      help="print the plan (trials, baselines cached or missing, trial-epochs) and exit; "
                           "nothing is trained, Ray is not started")
-    run.add_argument("--storage", default=None, help="results root (default ./mtl_runs; an NFS path on a cluster)")
+    run.add_argument("--storage", default=None, help="results root (default ./mtl_runs; an NFS path or "
+                                                     "s3://bucket/prefix, gs://... on a cluster)")
     run.add_argument("--data-root", default=None, help="dataset root on disk (real datasets)")
     run.add_argument("--epochs", type=int, default=None, help="override train.epochs")
     run.add_argument("--workers-per-trial", type=int, default=None, help="data-parallel workers per trial")
     run.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per Train worker (0 on CPU)")
+    run.add_argument("--amp", choices=("off", "bf16", "fp16"), default=None,
+                     help="override train.amp: mixed precision (bf16 on CPUs or GPUs, fp16 on GPUs only)")
+    run.add_argument("--channels-last", action="store_true", default=None,
+                     help="set train.channels_last: NHWC model and images (GPU tensor cores)")
+    run.add_argument("--cudnn-benchmark", action="store_true", default=None,
+                     help="set train.cudnn_benchmark: cuDNN autotuning (GPUs only)")
+    run.add_argument("--loader-workers", type=int, default=None, metavar="N",
+                     help="override train.loader_workers: DataLoader worker processes per trial worker")
+    run.add_argument("--pin-memory", action="store_true", default=None,
+                     help="set train.pin_memory: page-locked batches (GPUs only)")
     run.add_argument("--verbose", action="store_true", help="Tune's own status tables too")
 
     rep = _command(sub, "report", "print the survey-style table of a results file or study dir",
@@ -134,7 +145,9 @@ def _load(study: str):
 
 # command-line flag (argparse dest) -> the spec field it overrides
 OVERRIDES = {"data_root": "dataset.root", "epochs": "train.epochs", "workers_per_trial": "resources.workers_per_trial",
-             "gpus_per_worker": "resources.gpus_per_worker"}
+             "gpus_per_worker": "resources.gpus_per_worker", "amp": "train.amp", "channels_last": "train.channels_last",
+             "cudnn_benchmark": "train.cudnn_benchmark", "loader_workers": "train.loader_workers",
+             "pin_memory": "train.pin_memory"}
 
 
 def _override(spec, args):
@@ -162,7 +175,7 @@ def check_storage(storage: str, study: str) -> None:
     left behind: an unnamed temporary file in the deepest folder of the path that exists."""
     from orchestrator.spec import SpecError
 
-    if "://" in storage:  # an object store: refused by the study's prepare, in its own words
+    if "://" in storage:  # an object store: the study's prepare checks access, in its own words
         return
     folder = os.path.join(os.path.abspath(os.path.expanduser(storage)), study)
     existing = folder
@@ -176,6 +189,19 @@ def check_storage(storage: str, study: str) -> None:
     except OSError as err:
         raise SpecError(f"--storage {storage!r}: cannot create or write the study's folder {folder} "
                         f"({err.strerror}); give a folder this user can write (--storage)") from None
+
+
+def study_folder(storage: str, study: str) -> str:
+    """The study's local folder under ``storage``; for an object store, its staging copy, pulled
+    first (without Tune's state), so ``mtl resume`` / ``mtl status`` read what the store holds."""
+    from orchestrator.storage import Mirror, check_access, is_uri
+
+    if not is_uri(storage):
+        return os.path.join(os.path.abspath(os.path.expanduser(storage)), study)
+    check_access(storage)
+    mirror = Mirror(storage)
+    mirror.pull(study, skip=("tune",))
+    return mirror.local_path(study)
 
 
 def cmd_run(args) -> int:
@@ -199,8 +225,7 @@ def cmd_resume(args) -> int:
     from orchestrator.study import DEFAULT_STORAGE
 
     def resume():
-        results_dir = os.path.join(os.path.abspath(os.path.expanduser(args.storage or DEFAULT_STORAGE)),
-                                   _study_name(args.study), "results")
+        results_dir = os.path.join(study_folder(args.storage or DEFAULT_STORAGE, _study_name(args.study)), "results")
         run_dir = latest_unfinished(results_dir)
         if run_dir is None:
             raise SpecError(f"no interrupted or killed run to resume under {results_dir} (mtl status shows the latest)")
@@ -260,8 +285,7 @@ def cmd_status(args) -> int:
     from orchestrator.study import DEFAULT_STORAGE
 
     try:
-        study_dir = os.path.join(os.path.abspath(os.path.expanduser(args.storage or DEFAULT_STORAGE)),
-                                 _study_name(args.study))
+        study_dir = study_folder(args.storage or DEFAULT_STORAGE, _study_name(args.study))
     except SpecError as err:
         print(f"mtl status: invalid study spec: {err}", file=sys.stderr)
         return 2

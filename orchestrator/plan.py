@@ -217,7 +217,12 @@ def expand(spec: StudySpec, info: DatasetInfo, data_root: Optional[str]) -> Tupl
     t = spec.train
     common = TrialConfig(experiment="", tasks=spec.tasks, dataset=spec.dataset.plugin, data_root=data_root,
                          epochs=t.epochs, weight_decay=t.weight_decay, max_steps_per_epoch=t.max_steps_per_epoch,
-                         eval_batch_size=t.eval_batch_size)
+                         eval_batch_size=t.eval_batch_size, runtime=t.runtime)
+    for i, exp in enumerate(spec.experiments if t.amp == "fp16" else ()):  # before Ray: fit refuses it too
+        needs = balancer_info(exp.balancer)
+        if needs.needs_task_grads or needs.needs_meta_batch:
+            raise SpecError(f"train.amp: 'fp16' cannot serve experiments[{i}].balancer {exp.balancer.name!r}, which "
+                            "reads or writes gradients outside the loss-scaled backward pass; use amp: bf16")
     models = [e.model(spec) for e in spec.experiments]
     encoders = {json.dumps([m.backbone.to_dict(), m.head.to_dict()], sort_keys=True) for m in models}
     baselines: Dict[str, Experiment] = {}

@@ -15,6 +15,8 @@ from typing import Dict, Optional
 
 from ray.tune import Callback
 
+from orchestrator.tuning import BATCH_KEY
+
 HEARTBEAT_S = 20.0
 
 
@@ -30,9 +32,11 @@ def duration(seconds: float) -> str:
 class EpochLines(Callback):
     """Prints the lines of the module docstring as Tune receives each report."""
 
-    def __init__(self, experiment: str, index: int = 1, total: int = 1, trials: int = 1, epochs: int = 1):
-        # (the Tuner pickles its callbacks: plain data only)
-        self.experiment, self.index, self.total = experiment, index, total
+    def __init__(self, experiment: str, index: int = 1, total: int = 1, trials: int = 1, epochs: int = 1,
+                 batch_of: int = 1):
+        # (the Tuner pickles its callbacks: plain data only). ``batch_of`` > 1: the run holds the
+        # trials of experiments index .. index + batch_of - 1, and each line names the trial's own.
+        self.experiment, self.index, self.total, self.batch_of = experiment, index, total, batch_of
         self.trials, self.epochs = max(1, trials), max(1, epochs)
         self.order: Dict[str, int] = {}
         self.reports = 0
@@ -44,7 +48,14 @@ class EpochLines(Callback):
 
     @property
     def prefix(self) -> str:
+        if self.batch_of > 1:
+            return f"experiments {self.index}-{self.index + self.batch_of - 1}/{self.total}"
         return f"experiment {self.index}/{self.total} {self.experiment}"
+
+    def trial_prefix(self, trial) -> str:
+        """The prefix, naming the trial's own experiment when the run is a batch of several."""
+        inner = (getattr(trial, "config", None) or {}).get(BATCH_KEY)
+        return f"{self.prefix} {inner.get('experiment', '?')}" if isinstance(inner, dict) else self.prefix
 
     def _now(self) -> float:
         now = time.time()
@@ -71,9 +82,9 @@ class EpochLines(Callback):
             score = f"FAILED: {result['failed']}"
         left = max(0, self.trials * self.epochs - self.reports)
         eta = f", ETA {duration((now - self.t0) / self.reports * left)}" if left else ""
-        self.log(f"{self.prefix}: trial {k}/{self.trials} epoch {result.get('epoch', 0) + 1}/{self.epochs} "
+        self.log(f"{self.trial_prefix(trial)}: trial {k}/{self.trials} epoch {result.get('epoch', 0) + 1}/{self.epochs} "
                  f"{score} ({result.get('epoch_time_s', 0):.1f} s/epoch{eta})")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         k = self.order.setdefault(trial.trial_id, len(self.order) + 1)
-        self.log(f"{self.prefix}: trial {k}/{self.trials} ERROR (see {trial.local_path})")
+        self.log(f"{self.trial_prefix(trial)}: trial {k}/{self.trials} ERROR (see {trial.local_path})")

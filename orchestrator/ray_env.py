@@ -1,10 +1,12 @@
-"""Starting or joining Ray. The only place that calls ``ray.init``."""
+"""Starting or joining Ray. The only place that calls ``ray.init``, and the one that knows which
+processes a local Ray consists of (recorded in each run's marker, so a killed run's can be stopped)."""
 from __future__ import annotations
 
 import logging
 import os
 import re
-from typing import Any, Callable, Dict, List
+import sys
+from typing import Any, Callable, Dict, List, Optional
 
 # Lines of Ray's own that concern no user of this tool (each seen on every healthy run): Ray
 # Train's per-report dump, the core worker's note on PreemptionWatcher's restart arguments
@@ -90,7 +92,63 @@ def _loopback_only() -> None:
     constants.ENABLE_RAY_CLUSTER = False
 
 
+def local_ray_processes() -> Optional[Dict[str, Any]]:
+    """The local Ray this driver started: {"session_dir": its session folder, "pids": the processes
+    Ray started for it and all their descendants}; None when the driver joined a cluster
+    (RAY_ADDRESS), has not started Ray, or has no /proc (not Linux).
+
+    The descendants are what matters: gcs_server, raylet, the dashboard, the monitor and the log
+    monitor share the driver's fate (the kernel's parent-death signal), but the raylet's two agents
+    (``ray::DashboardAgent``, ``ray::RuntimeEnvAgent``) outlive a SIGKILLed driver, adopted by init.
+
+    Private to Ray 2.60: reads ``ray._private.worker._global_node`` (``all_processes``,
+    ``get_session_dir_path()``). If that moves, this returns None: nothing is recorded in the run's
+    marker and a killed run's Ray processes are not reaped (``runs.reap_orphans``).
+    """
+    ray = sys.modules.get("ray")  # not imported: not started (and importing it here would cost seconds)
+    if ray is None or not os.path.isdir("/proc"):
+        return None
+    try:
+        node = ray._private.worker._global_node
+        if node is None:
+            return None
+        roots = [info.process.pid for infos in node.all_processes.values() for info in infos]
+        session_dir = node.get_session_dir_path()
+    except AttributeError:
+        return None
+    if not roots:  # joined a running cluster: none of its processes is this driver's
+        return None
+    return {"session_dir": os.path.realpath(session_dir), "pids": _descendants(roots)}
+
+
+def _descendants(roots: List[int]) -> List[int]:
+    """``roots`` and every process below them, from the parent pids in /proc."""
+    children: Dict[int, List[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:  # "pid (comm) state ppid ...": comm may hold spaces
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):  # gone meanwhile
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, queue = set(), list(roots)
+    while queue:
+        pid = queue.pop()
+        if pid not in found:
+            found.add(pid)
+            queue += children.get(pid, [])
+    return sorted(found)
+
+
 def cluster_resources() -> Dict[str, float]:
     import ray
 
     return {k: float(v) for k, v in ray.cluster_resources().items()}
+
+
+def alive_nodes() -> int:
+    """How many nodes of the Ray cluster are alive now (an autoscaling cluster may add more)."""
+    import ray
+
+    return sum(1 for node in ray.nodes() if node.get("Alive"))

@@ -2,11 +2,17 @@
 
 Every run of a study writes ``<study>/results/<run_id>/status.json`` at its start, after each
 experiment and at its end: {status, started, ended, pid, host, experiments_done, experiments_total,
-experiment_running} with status ``running``, ``finished``, ``interrupted`` (Ctrl-C) or ``failed`` (an exception).
+experiment_running, ray_session_dir, ray_pids} with status ``running``, ``finished``, ``interrupted``
+(Ctrl-C) or ``failed`` (an exception).
 The file is replaced atomically and fsynced, so a reader (or a crash) never sees half of it.
 A driver killed outright (SIGKILL, a lost node) cannot write its end: a ``running`` marker whose
 pid is gone on this host reads as ``interrupted``; on another host the pid cannot be checked and
 the marker reads as written.
+
+The two ``ray_`` fields name the local Ray instance the driver started (null when it joined a
+cluster, or before Ray started): its session folder and the pids of its processes, as of the
+marker's last write. A SIGKILLed driver leaves two of them running (the raylet's dashboard and
+runtime-env agents); ``reap_orphans`` stops them when ``mtl resume`` or ``mtl run`` finds the run.
 
 Run ids are the start time plus four random hex digits (``20260101-120000-3fa2``); the folder is
 created exclusively, so two runs started in the same second get two folders.
@@ -17,9 +23,12 @@ import datetime
 import json
 import os
 import secrets
+import signal
 import socket
+import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from orchestrator.ray_env import local_ray_processes
 from trainables.atomic import atomic_write
 
 STATUS_FILE = "status.json"
@@ -73,10 +82,12 @@ class RunStatus:
 
     def write(self, status: str) -> str:
         ended = None if status == RUNNING else _now()
+        ray = local_ray_processes() or {}
         return write_json_durable(os.path.join(self.run_dir, STATUS_FILE), {
             "status": status, "started": self.started, "ended": ended, "pid": os.getpid(),
             "host": socket.gethostname(), "experiments_done": self.done, "experiments_total": self.total,
-            "experiment_running": self.current})
+            "experiment_running": self.current, "ray_session_dir": ray.get("session_dir"),
+            "ray_pids": ray.get("pids", [])})
 
     def experiment_done(self, name: str) -> None:
         if name not in self.done:
@@ -86,6 +97,14 @@ class RunStatus:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs on this host; a zombie (exited, not yet waited for) does not."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):  # no /proc (not Linux): ask the kernel
+        pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -107,6 +126,60 @@ def read_status(run_dir: str) -> Optional[Dict[str, Any]]:
             and not _pid_alive(int(marker.get("pid", -1)))):
         marker = {**marker, "status": INTERRUPTED, "killed": True}
     return marker
+
+
+def reap_orphans(marker: Dict[str, Any], wait_s: float = 5.0) -> List[Tuple[int, str]]:
+    """Stop the Ray processes a killed driver left running; (pid, command line) of each one stopped.
+
+    Only for a marker read as ``killed`` (its driver's pid is gone on this host) that names a Ray
+    session. A recorded pid is signalled only while it is alive and still a process of that
+    session - its command line names the session folder, or it holds a file under it open (the
+    agents rename themselves ``ray::...`` but keep their logs there) - so a pid the system has given
+    to another process since is left alone. SIGTERM first; SIGKILL for any still there after ``wait_s``.
+    """
+    session = marker.get("ray_session_dir")
+    if not marker.get("killed") or not session:
+        return []
+    stopped = {pid: _command(pid) for pid in marker.get("ray_pids", [])
+               if _pid_alive(pid) and _of_session(pid, session)}
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in stopped:
+            if _pid_alive(pid) and _of_session(pid, session):  # checked again: the pid may be free by now
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+        deadline = time.time() + wait_s
+        while any(_pid_alive(pid) for pid in stopped) and time.time() < deadline:
+            time.sleep(0.1)
+    return sorted(stopped.items())
+
+
+def _of_session(pid: int, session: str) -> bool:
+    """Whether process ``pid`` belongs to the Ray session folder ``session`` (see ``reap_orphans``)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            argv = fh.read().decode(errors="replace").split("\0")
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:  # gone, or another user's
+        return False
+    if any(f"{session}/" in arg or arg.endswith(session) for arg in argv):
+        return True
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(f"{session}/"):
+                return True
+        except OSError:  # closed meanwhile
+            continue
+    return False
+
+
+def _command(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return " ".join(fh.read().decode(errors="replace").replace("\0", " ").split())[:80]
+    except OSError:
+        return "?"
 
 
 def run_dirs(results_dir: str) -> List[str]:

@@ -21,6 +21,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
+from trainables.config import Runtime
 from trainables.optim import OPTIMIZERS, SCHEDULERS
 from trainables.plugins import ModelRef, Plugin
 from trainables.schema import ConfigError, from_plain, to_plain
@@ -206,6 +207,17 @@ class TrainSpec:
         weight_decay: the optimiser's weight decay.
         max_steps_per_epoch: cap on training steps per epoch (smoke runs); null: the whole split.
         eval_batch_size: batch size of the validation and test evaluation.
+        amp: mixed precision of the forward passes: off (fp32), bf16 (CPUs, and GPUs from
+            Ampere on) or fp16 (GPUs only, with loss scaling; not with gradient-level or bilevel
+            balancers). Losses and metrics stay fp32; a value other than off keys new baselines.
+        channels_last: the model and the image batches in NHWC memory layout (faster
+            convolutions on GPU tensor cores); keys new baselines.
+        cudnn_benchmark: cuDNN picks the fastest convolution algorithm per input shape (GPUs
+            only; ignored on CPUs); keys new baselines.
+        loader_workers: DataLoader worker processes per trial worker for training and
+            evaluation (0: load in the training process); speed only, the cache keys ignore it.
+        pin_memory: page-locked batches for faster copies to the GPU (ignored on CPUs); speed
+            only, the cache keys ignore it.
     """
 
     epochs: int = 10
@@ -213,8 +225,23 @@ class TrainSpec:
     weight_decay: float = 1e-4
     max_steps_per_epoch: Optional[int] = None
     eval_batch_size: int = 64
+    amp: str = "off"
+    channels_last: bool = False
+    cudnn_benchmark: bool = False
+    loader_workers: int = 0
+    pin_memory: bool = False
+
+    @property
+    def runtime(self) -> Runtime:
+        """The device switches as every trial's ``TrialConfig.runtime``."""
+        return Runtime(amp=self.amp, channels_last=self.channels_last, cudnn_benchmark=self.cudnn_benchmark,
+                       loader_workers=self.loader_workers, pin_memory=self.pin_memory)
 
     def __post_init__(self):
+        try:  # Runtime's own checks: amp's vocabulary, true/false, loader_workers >= 0
+            self.runtime
+        except ConfigError as err:
+            raise SpecError(str(err)) from None
         if self.epochs < 1:
             raise SpecError(f"epochs: {self.epochs} must be >= 1")
         if not self.seeds:
@@ -242,6 +269,9 @@ class ResourcesSpec:
             GPUs allow.
         baseline_actors: actors that train the single-task baselines in parallel; null: as many
             as fit.
+        reuse_workers: a one-worker trial trains in Tune's own trial process, which Tune keeps
+            for the next trial (no Ray Train worker group, no process start per trial); false:
+            every trial starts a Train worker group as a multi-worker trial does.
     """
 
     workers_per_trial: int = 1
@@ -249,6 +279,7 @@ class ResourcesSpec:
     gpus_per_worker: float = 0
     max_concurrent_trials: Optional[int] = None
     baseline_actors: Optional[int] = None
+    reuse_workers: bool = True
 
     def __post_init__(self):
         if self.workers_per_trial < 1:
@@ -389,6 +420,9 @@ class StudySpec:
                 raise SpecError(f"reference.rows: {unknown} are neither 'single_task' nor experiments {names}")
         if self.search.asha and self.search.grace_period > self.train.epochs:
             raise SpecError(f"search.grace_period: {self.search.grace_period} exceeds train.epochs {self.train.epochs}")
+        if self.train.amp == "fp16" and self.resources.gpus_per_worker == 0:
+            raise SpecError("train.amp: 'fp16' needs a GPU, and resources.gpus_per_worker is 0; use amp: bf16 "
+                            "(CPU autocast) or give each worker a GPU")
         _check_loggers(self.loggers)
 
     def to_dict(self) -> Dict[str, Any]:

@@ -21,9 +21,18 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from orchestrator import baselines as bl
 from orchestrator import report, results, runs
 from orchestrator.plan import Experiment, complexity, expand, smoke, validate
-from orchestrator.ray_env import cluster_resources, start_ray
+from orchestrator.ray_env import alive_nodes, cluster_resources, start_ray
 from orchestrator.spec import SUPERVISED_MTL, SpecError, StudySpec
-from orchestrator.tuning import ExperimentInterrupted, check_fits, dashboards, run_experiment, slots
+from orchestrator.storage import Mirror, check_access, check_shared, is_uri, join
+from orchestrator.tuning import (
+    ExperimentInterrupted,
+    batchable,
+    check_fits,
+    dashboards,
+    run_experiments,
+    run_name,
+    slots,
+)
 from trainables.atomic import write_json
 from trainables.build import (
     architecture_info,
@@ -39,6 +48,8 @@ from trainables.registry import DATASETS
 from trainables.tracking import TENSORBOARD, experiment_dir
 
 DEFAULT_STORAGE = "mtl_runs"
+TUNE = "tune"  # <study>/tune: Tune's and Train's state and checkpoints
+CACHE = os.path.join("_cache", "baselines")  # <storage>/_cache/baselines/<key>: the single-task cache
 
 
 @dataclass
@@ -52,6 +63,13 @@ class Prepared:
     multi: List[Experiment]
     directions: Dict[str, bool]
     log: Callable[[str], None]
+    mirror: Optional[Mirror] = None  # --storage is an object store: the local staging copy of it
+    tune_path: str = ""              # Tune's and Train's storage_path: <storage>/<study>/tune (a URI too)
+
+    def sync(self) -> None:
+        """Push the study's files (not Tune's: Ray writes those to the store itself) to an object store."""
+        if self.mirror is not None:
+            self.mirror.push(self.spec.name, skip=(TUNE,))
 
 
 def prepare(spec: StudySpec, storage: str, smoke_run: bool, log: Callable[[str], None]) -> Prepared:
@@ -59,9 +77,14 @@ def prepare(spec: StudySpec, storage: str, smoke_run: bool, log: Callable[[str],
     if smoke_run:
         spec = smoke(spec)
     info = validate(spec)  # names, params, plug-in pairs, labels: before any data or Ray work
-    if "://" in storage:
-        raise SpecError(f"--storage {storage!r}: object-store URIs are not supported yet; give a filesystem "
-                        "path that every node sees (a local folder, or an NFS/EFS mount on a cluster)")
+    uri, mirror = storage, None
+    if is_uri(storage):  # a wrong endpoint, bucket or credentials: one line, before any work
+        check_access(storage)
+        mirror = Mirror(storage)
+        pulled = mirror.pull(spec.name, skip=(TUNE,))
+        log(f"storage {storage}: object store; the study's files are staged in {mirror.staging} "
+            f"({pulled} file(s) pulled), Tune's state goes to the store directly")
+        storage = mirror.staging
     storage = os.path.abspath(os.path.expanduser(storage))
     study_dir = os.path.join(storage, spec.name)
     log(f"study {spec.name!r}: dataset {spec.dataset.name}, tasks {list(spec.tasks)}, "
@@ -89,8 +112,9 @@ def prepare(spec: StudySpec, storage: str, smoke_run: bool, log: Callable[[str],
         multi = [dataclasses.replace(e, base=dataclasses.replace(e.base, label_file=label_file)) for e in multi]
     log(f"{len(single[0].settings)} grid setting(s) x {len(spec.train.seeds)} seed(s) per model; "
         f"{len(single)} single-task baseline model(s)")
-    return Prepared(spec, study_dir, os.path.join(storage, "_cache", "baselines"), single, multi,
-                    primary_directions(build_tasks(spec.dataset.plugin, spec.tasks)), log)
+    tune_path = join(uri, spec.name, TUNE) if mirror is not None else os.path.join(study_dir, TUNE)
+    return Prepared(spec, study_dir, os.path.join(storage, CACHE), single, multi,
+                    primary_directions(build_tasks(spec.dataset.plugin, spec.tasks)), log, mirror, tune_path)
 
 
 class Cluster:
@@ -99,6 +123,8 @@ class Cluster:
     def __init__(self, p: Prepared):
         start_ray(p.log)
         self.resources = cluster_resources()
+        if p.mirror is None:  # a plain path on a multi-node cluster must be shared storage
+            check_shared(os.path.dirname(p.study_dir), alive_nodes())
         res = p.spec.resources
         if not os.environ.get("RAY_ADDRESS"):  # a joined cluster may autoscale; a local one cannot
             check_fits(res, self.resources)
@@ -108,8 +134,16 @@ class Cluster:
 
 def baselines(p: Prepared, cluster: Cluster) -> Dict[str, List[dict]]:
     """Every single-task result of the study (cached or trained now), by experiment name."""
-    base_results = bl.ensure_baselines([c for e in p.single for c in e.trial_configs()], p.cache_dir,
-                                       cluster.actors, cluster.actor_options, p.log)
+    configs = [c for e in p.single for c in e.trial_configs()]
+    entries = [f"{CACHE}/{bl.cache_key(c)}" for c in configs]
+    if p.mirror is not None:  # the entries other studies cached in the store
+        for entry in entries:
+            p.mirror.pull(entry)
+    base_results = bl.ensure_baselines(configs, p.cache_dir, cluster.actors, cluster.actor_options, p.log,
+                                       mirror=(p.mirror.uri, p.mirror.staging) if p.mirror is not None else None)
+    if p.mirror is not None:  # those trained now on other nodes (each actor pushed its own)
+        for entry in entries:
+            p.mirror.pull(entry)
     bl.link_events(base_results, p.cache_dir, os.path.join(p.study_dir, TENSORBOARD))  # cached: shared by studies
     by_experiment: Dict[str, List[dict]] = {}
     for r in base_results:
@@ -162,16 +196,19 @@ def run_study(spec: StudySpec, storage: str = DEFAULT_STORAGE, smoke_run: bool =
     tracker = runs.RunStatus(run_dir, len(p.single) + len(p.multi), marker.get("experiments_done", ()),
                              marker.get("started"))
     tracker.write(runs.RUNNING)
+    p.sync()
     try:
         rows = _run_experiments(p, run_id, run_dir, tracker, marker.get("experiment_running"), verbose)
         path = results.write_rows(rows, os.path.join(p.study_dir, "results.parquet"))
     except KeyboardInterrupt:  # Ctrl-C, in Tune (ExperimentInterrupted) or anywhere else
         tracker.write(runs.INTERRUPTED)
+        p.sync()
         log(f"run {run_id} interrupted after {len(tracker.done)} of {tracker.total} experiment(s); "
             f"their rows are in {run_dir}")
         raise runs.StudyInterrupted(run_dir) from None
     except BaseException:
         tracker.write(runs.FAILED)
+        p.sync()
         raise
     tracker.write(runs.FINISHED)
     table = report.render(rows, primary_task=spec.primary_task)
@@ -179,6 +216,7 @@ def run_study(spec: StudySpec, storage: str = DEFAULT_STORAGE, smoke_run: bool =
 
     for png in render_plots(p.study_dir, rows, run_dir, log):  # mtl plot re-renders them
         log(f"plot: {png}")
+    p.sync()
     times = report.render_times(rows)
     if times:
         log("training time per run of each model's selected setting (IAL Table II; mtl report --times):\n" + times)
@@ -196,6 +234,10 @@ def _open_run(p: Prepared, resume: bool) -> Tuple[str, str, Dict[str, Any]]:
     results_dir = os.path.join(p.study_dir, "results")
     unfinished = runs.latest_unfinished(results_dir)
     command = f"mtl resume {p.spec.name} --storage {os.path.dirname(p.study_dir)}"
+    stopped = runs.reap_orphans(runs.read_status(unfinished) or {}) if unfinished else []
+    if stopped:  # the Ray agents a SIGKILLed driver leaves running
+        p.log(f"stopped {len(stopped)} Ray process(es) left by the killed run {os.path.basename(unfinished)}: "
+              + ", ".join(f"{pid} {cmd}" for pid, cmd in stopped))
     if resume:
         if unfinished is None:
             raise SpecError(f"study {p.spec.name!r}: no interrupted or killed run to resume under {results_dir} "
@@ -221,6 +263,7 @@ def _run_experiments(p: Prepared, run_id: str, run_dir: str, tracker: runs.RunSt
     ``tracker.done`` keep their files as they are; ``resuming`` names the one Tune continues."""
     spec, directions, log = p.spec, p.directions, p.log
     cluster = Cluster(p)
+    tracker.write(runs.RUNNING)  # now with the local Ray's processes, for a resume after a SIGKILL to stop
     by_experiment = baselines(p, cluster)
     common = dict(study=spec.name, run_id=run_id, delta_baseline=DELTA_TEXT[spec.delta_baseline])
 
@@ -243,67 +286,126 @@ def _run_experiments(p: Prepared, run_id: str, run_dir: str, tracker: runs.RunSt
             tracker.experiment_done(exp.name)
         rows += exp_rows
 
-    leader: Optional[Tuple[str, float]] = None  # the best selected model so far, on val
+    pending: List[_Pending] = []
+    kept: Dict[str, List[Dict[str, Any]]] = {}
     for index, exp in enumerate(p.multi, 1):
         if exp.name in tracker.done:
-            kept = results.read_rows(_file(run_dir, exp.name))
-            log(f"experiment {index}/{len(p.multi)} {exp.name}: done in this run before, {len(kept)} row(s) kept")
-            rows += kept
-            continue
-        tracker.experiment_started(exp.name)
+            kept[exp.name] = results.read_rows(_file(run_dir, exp.name))
+            log(f"experiment {index}/{len(p.multi)} {exp.name}: done in this run before, "
+                f"{len(kept[exp.name])} row(s) kept")
+        else:
+            pending.append(_prepare_experiment(p, cluster, by_experiment, supervised, index, exp))
+    leader: Optional[Tuple[str, float]] = None  # the best selected model so far, on val
+    for group in _schedule(pending, spec.search, lambda e: _cost(e, complexity_cache)):
+        exps = [g.exp for g in group]
+        name = run_name(exps)
+        tracker.experiment_started(name)
         started = time.time()
-        best = best_baselines(p, by_experiment, exp)
-        derivation_json = ""
-        if exp.grouping is not None:
-            exp, derivation = derive(p, cluster, exp, best)
-            derivation_json = json.dumps(derivation.details, sort_keys=True, default=float)
-        log(f"experiment {index}/{len(p.multi)} {exp.name}: {len(exp.settings) * len(exp.seeds)} trial(s) "
-            "through Ray Tune")
-        baseline_val = {k: best[k.split("/")[0]]["val"][k] for k in directions}
-        baseline_test = {k: best[k.split("/")[0]]["test"][k] for k in directions}
-        if supervised is not None:
-            baseline_val, baseline_test = supervised
-        init = {}
-        if architecture_info(exp.base.model.architecture).init_from_single_task:
-            # auxiliary tasks have no single-task network: their part of the model starts fresh
-            init = {task: best[task]["checkpoint"] for task in exp.base.scored_tasks}
-            log(f"  {exp.name} starts from the single-task networks: {init}")
-        teachers = {}
-        if any(regulariser_info(r).needs_teachers for r in exp.base.regularisers):  # MuST: frozen teachers
-            teachers = {task: best[task]["checkpoint"] for task in exp.base.scored_tasks}
-            log(f"  {exp.name} learns from the single-task networks as teachers: {teachers}")
-        events = experiment_dir(os.path.join(p.study_dir, TENSORBOARD), exp.name)  # + /<setting>-seed<k> per trial
-        exp = dataclasses.replace(exp, base=dataclasses.replace(exp.base, baseline_val=baseline_val,
-                                                                baseline_test=baseline_test, init_checkpoints=init,
-                                                                teacher_checkpoints=teachers, events_dir=events))
-
-        def experiment_rows(outcomes: List[dict]) -> List[Dict[str, Any]]:
-            made = [_row(o, exp, common, complexity_cache, directions, baseline_val, baseline_test) for o in outcomes]
-            for row in made:
-                row["derivation_json"] = derivation_json
-            _select(made)
-            return made
-
+        first, trials = min(g.index for g in group), sum(len(e.settings) * len(e.seeds) for e in exps)
+        if len(group) == 1:
+            log(f"experiment {first}/{len(p.multi)} {exps[0].name}: {trials} trial(s) through Ray Tune")
+        else:
+            log(f"experiments {first}-{first + len(group) - 1}/{len(p.multi)} ({', '.join(e.name for e in exps)}, "
+                f"longest first): {trials} trial(s) through one Ray Tune run")
         try:
-            outcomes = run_experiment(exp, spec.search, spec.resources, os.path.join(p.study_dir, "tune"),
-                                      cluster.resources, verbose, position=(index, len(p.multi)),
-                                      study_dir=p.study_dir, loggers=spec.loggers, resume=exp.name == resuming, log=log)
-        except ExperimentInterrupted as stop:  # the trials that ended are kept; the experiment is not done
-            _write(experiment_rows(stop.outcomes), run_dir, exp.name)
-            log(f"experiment {index}/{len(p.multi)} {exp.name} interrupted: {len(stop.outcomes)} ended trial(s) "
-                f"kept in {_file(run_dir, exp.name)}")
+            outcomes = run_experiments(exps, spec.search, spec.resources, p.tune_path,
+                                       cluster.resources, verbose, position=(first, len(p.multi)),
+                                       study_dir=p.study_dir, loggers=spec.loggers, resume=name == resuming, log=log)
+        except ExperimentInterrupted as stop:  # the trials that ended are kept; the experiments are not done
+            for g in group:
+                mine = [o for o in stop.outcomes if o["config"].get("experiment") == g.exp.name]
+                _write(g.rows(mine, common, complexity_cache, directions), run_dir, g.exp.name)
+                log(f"experiment {g.index}/{len(p.multi)} {g.exp.name} interrupted: {len(mine)} ended trial(s) "
+                    f"kept in {_file(run_dir, g.exp.name)}")
             raise
-        exp_rows = experiment_rows(outcomes)
-        rows += _write(exp_rows, run_dir, exp.name)
-        tracker.experiment_done(exp.name)
-        leader = _experiment_done(exp_rows, exp.name, index, len(p.multi), time.time() - started, leader, log)
-        chosen = next((r for r in exp_rows if r["selected"] and r["checkpoint_path"]), None)
-        if exp.base.regularisers and chosen is not None:  # e.g. MGM's generated images, beside the results
-            from trainables.train_loop import regulariser_artifacts
+        seconds = time.time() - started
+        for g in sorted(group, key=lambda g: g.index):
+            mine = [o for o in outcomes if o["config"].get("experiment") == g.exp.name]
+            exp_rows = kept[g.exp.name] = _write(g.rows(mine, common, complexity_cache, directions), run_dir, g.exp.name)
+            tracker.experiment_done(g.exp.name)
+            leader = _experiment_done(exp_rows, g.exp.name, g.index, len(p.multi), seconds, leader, log)
+            chosen = next((r for r in exp_rows if r["selected"] and os.path.isdir(r["checkpoint_path"] or "")), None)
+            if g.exp.base.regularisers and chosen is not None:  # e.g. MGM's generated images, beside the results
+                from trainables.train_loop import regulariser_artifacts
 
-            for path in regulariser_artifacts(chosen["checkpoint_path"], run_dir, exp.name.replace("/", "__")):
-                log(f"  {exp.name}: {path}")
-    return rows
+                for path in regulariser_artifacts(chosen["checkpoint_path"], run_dir, g.exp.name.replace("/", "__")):
+                    log(f"  {g.exp.name}: {path}")
+        p.sync()
+    return rows + [r for exp in p.multi for r in kept[exp.name]]  # in the spec's order, whatever ran first
+
+
+@dataclass
+class _Pending:
+    """A multi-task experiment ready for Tune: its baselines known, its tree derived, its start
+    (single-task networks, teachers) and its TensorBoard folder set in ``exp.base``."""
+
+    index: int
+    exp: Experiment
+    baseline_val: Dict[str, float]
+    baseline_test: Dict[str, float]
+    derivation_json: str = ""
+
+    def rows(self, outcomes: List[dict], common: dict, cache: dict, directions: Dict[str, bool]) -> List[Dict[str, Any]]:
+        made = [_row(o, self.exp, common, cache, directions, self.baseline_val, self.baseline_test) for o in outcomes]
+        for row in made:
+            row["derivation_json"] = self.derivation_json
+        _select(made)
+        return made
+
+
+def _prepare_experiment(p: Prepared, cluster: Cluster, by_experiment: Dict[str, List[dict]],
+                        supervised: Optional[Tuple[Dict[str, float], Dict[str, float]]], index: int,
+                        exp: Experiment) -> _Pending:
+    """Everything an experiment needs before its trials: its Delta_m baseline, its grouping search
+    (run now, on the actor pool), its start from single-task networks and its teachers."""
+    log, directions = p.log, p.directions
+    best = best_baselines(p, by_experiment, exp)
+    derivation_json = ""
+    if exp.grouping is not None:
+        exp, derivation = derive(p, cluster, exp, best)
+        derivation_json = json.dumps(derivation.details, sort_keys=True, default=float)
+    baseline_val = {k: best[k.split("/")[0]]["val"][k] for k in directions}
+    baseline_test = {k: best[k.split("/")[0]]["test"][k] for k in directions}
+    if supervised is not None:
+        baseline_val, baseline_test = supervised
+    init = {}
+    if architecture_info(exp.base.model.architecture).init_from_single_task:
+        # auxiliary tasks have no single-task network: their part of the model starts fresh
+        init = {task: best[task]["checkpoint"] for task in exp.base.scored_tasks}
+        log(f"  {exp.name} starts from the single-task networks: {init}")
+    teachers = {}
+    if any(regulariser_info(r).needs_teachers for r in exp.base.regularisers):  # MuST: frozen teachers
+        teachers = {task: best[task]["checkpoint"] for task in exp.base.scored_tasks}
+        log(f"  {exp.name} learns from the single-task networks as teachers: {teachers}")
+    if (init or teachers) and p.mirror is not None and alive_nodes() > 1:
+        raise SpecError(f"experiment {exp.name}: it starts from (or learns from) the single-task networks, whose "
+                        f"checkpoints are staged on this node only with --storage {p.mirror.uri}; on a multi-node "
+                        "cluster give a shared filesystem path as --storage for this study")
+    events = experiment_dir(os.path.join(p.study_dir, TENSORBOARD), exp.name)  # + /<setting>-seed<k> per trial
+    exp = dataclasses.replace(exp, base=dataclasses.replace(exp.base, baseline_val=baseline_val,
+                                                            baseline_test=baseline_test, init_checkpoints=init,
+                                                            teacher_checkpoints=teachers, events_dir=events))
+    return _Pending(index, exp, baseline_val, baseline_test, derivation_json)
+
+
+def _schedule(pending: List[_Pending], search: Any, cost: Callable[[Experiment], float]) -> List[List[_Pending]]:
+    """The Tune runs of the pending experiments: one for all the ``batchable`` ones (longest trials
+    first), then one per other experiment in the spec's order."""
+    batch = sorted((g for g in pending if batchable(g.exp, search)), key=lambda g: -cost(g.exp))  # stable
+    return ([batch] if batch else []) + [[g] for g in pending if not batchable(g.exp, search)]
+
+
+def _complexity(cfg: TrialConfig, cache: dict) -> tuple:
+    """(#parameters, GMACs) of ``cfg``'s model, computed once per model, tasks and dataset."""
+    model_key = json.dumps([cfg.model.to_dict(), cfg.tasks, cfg.dataset.to_dict()], sort_keys=True, default=str)
+    if model_key not in cache:
+        cache[model_key] = complexity(cfg)
+    return cache[model_key]
+
+
+def _cost(exp: Experiment, cache: dict) -> float:
+    """The relative cost of one of ``exp``'s trials: forward GMACs x epochs."""
+    return _complexity(exp.base, cache)[1] * exp.base.epochs
 
 
 def _experiment_done(rows: List[Dict[str, Any]], name: str, index: int, total: int, seconds: float,
@@ -332,10 +434,7 @@ def _row(outcome: dict, exp: Experiment, common: dict, cache: dict, directions: 
     keys = {k: d for k, d in directions.items() if k.split("/")[0] in cfg.tasks}
     val = {k[4:]: v for k, v in metrics.items() if k.startswith("val/")}
     test = {k[5:]: v for k, v in metrics.items() if k.startswith("test/")}
-    model_key = json.dumps([cfg.model.to_dict(), cfg.tasks, cfg.dataset.to_dict()], sort_keys=True, default=str)
-    if model_key not in cache:
-        cache[model_key] = complexity(cfg)
-    params, gmacs = cache[model_key]
+    params, gmacs = _complexity(cfg, cache)
     has = lambda m: all(k in m for k in keys)  # noqa: E731
     return dict(
         common, experiment=exp.name, role=exp.role, architecture=cfg.model.architecture.name, balancer=cfg.balancer.name,

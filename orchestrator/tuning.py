@@ -1,28 +1,39 @@
-"""One multi-task experiment = one Ray Tune run; one trial = one Ray Train ``TorchTrainer``.
+"""Multi-task trials through Ray Tune: one Tune run per experiment, or one for a batch of them.
 
-Ray 2.60 runs Train V2, which refuses ``Tuner(TorchTrainer(...))``. Each trial is therefore a
-Tune *function trainable* that builds and fits a ``TorchTrainer``; ``TuneReportCallback``
-forwards rank 0's per-epoch reports to Tune, where ASHA can stop the trial. The inner run is
-named after the Tune trial and shares the Tuner's storage, so a retried trial resumes from its
-own last checkpoint. Tune only accounts for the trial's driver, not the worker group it starts:
-the driver asks for no CPU and concurrency is capped by what the workers need (otherwise two
-trials on two CPUs deadlock, each driver holding a CPU its workers wait for).
+Ray 2.60 runs Train V2, which refuses ``Tuner(TorchTrainer(...))``. Each trial is a Tune
+*function trainable*, in one of two shapes (``trainable_for``):
+
+- one worker (the default, ``resources.reuse_workers``): the train loop runs in Tune's own trial
+  process (``trainables.session.TuneSession``), which asks for the worker's CPUs / GPUs and which
+  Tune keeps for the next trial (``reuse_actors``): no Train worker group, no process start and no
+  ``import torch`` per trial. Reports and checkpoints go straight to Tune.
+- several workers (data parallel), or ``reuse_workers: false``: the trainable builds and fits a
+  ``TorchTrainer``; ``TuneReportCallback`` forwards rank 0's per-epoch reports to Tune. The inner
+  run is named after the Tune trial and shares the Tuner's storage, so a retried trial resumes
+  from its own last checkpoint. Tune only accounts for the trial's process, not the worker group
+  it starts: that process asks for no CPU and concurrency is capped by what the workers need
+  (otherwise two trials on two CPUs deadlock, each holding a CPU its workers wait for).
+
+Either way ASHA acts on the per-epoch reports. Experiments that are a plain grid without ASHA
+(``batchable``) share one Tune run over (experiment x setting x seed), longest first, so the
+number of trials in flight is set by the cluster, not by experiment boundaries; an experiment
+with ASHA (which compares the trials of one run) or with its own Optuna searcher has a run of its own.
 
 Trackers: the spec's ``loggers`` become Ray Tune's own logger callbacks (MLflow, W&B), one
-MLflow experiment / W&B group ``<study>/<experiment>`` per experiment and one run per trial; a
+MLflow experiment / W&B group ``<study>/<Tune run>`` per Tune run and one run per trial; a
 loss-weight search is recorded in the study's Optuna database (``orchestrator/weight_search.py``).
 Tune's own TensorBoard files stay in ``tune/``; the study's TensorBoard folder is the train loop's
 (``trainables/tracking.py``).
 
-Ctrl-C: Tune catches the first SIGINT inside ``Tuner.fit``, saves the experiment's state and
-returns the trials as they are (the trials cut short look ended in the ``ResultGrid``).
-``run_experiment`` sees that Tune caught it (``_SigintWatch``) and raises ``ExperimentInterrupted``
+Ctrl-C: Tune catches the first SIGINT inside ``Tuner.fit``, saves the run's state and returns
+the trials as they are (the trials cut short look ended in the ``ResultGrid``).
+``run_experiments`` sees that Tune caught it (``_SigintWatch``) and raises ``ExperimentInterrupted``
 with the outcomes of the trials that completed, failed or raised, so the study starts no further
 experiment. The SIGINT handler in place before ``fit`` is put back after it (Tune leaves its own
-installed, and a later Ctrl-C would then stop nothing). ``resume=True`` continues the
-experiment with ``Tuner.restore(path, trainable, resume_unfinished=True)``: ended trials are
-kept as they are (errored ones too: they already had their retry), unfinished ones run again,
-each resuming its inner Train run from its last checkpoint (same run name and storage).
+installed, and a later Ctrl-C would then stop nothing). ``resume=True`` continues the run with
+``Tuner.restore(path, trainable, resume_unfinished=True)``: ended trials are kept as they are
+(errored ones too: they already had their retry), unfinished ones run again from their last
+checkpoint (Tune's own, or the inner Train run's: same run name and storage).
 """
 from __future__ import annotations
 
@@ -31,15 +42,17 @@ import os
 import re
 import signal
 import threading
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 from orchestrator.plan import Experiment
 from orchestrator.spec import ResourcesSpec, SearchSpec, SpecError
+from orchestrator.storage import is_uri, join
 from orchestrator.weight_search import make_searcher, storage_url, strip_raw
 from trainables.plugins import Plugin
 from trainables.tracking import INSTALL_HINT, TENSORBOARD, tensorboard_installed
 
 METRIC, MODE = "val_score", "max"
+BATCH_KEY = "trial"  # a batched run's trial config: {BATCH_KEY: the whole TrialConfig dict}
 DRIVER_MEMORY_BYTES = 2**20
 MLFLOW_DB = "mlflow.db"
 
@@ -131,8 +144,15 @@ def dashboards(study_dir: str, loggers: Sequence[Plugin], weight_search: bool) -
     return lines
 
 
-def _run_trial(config: Dict[str, Any], scaling: Dict[str, Any], storage_path: str) -> None:
-    """Tune function trainable: fit one TorchTrainer for this trial's config."""
+def _trial_config(config: Dict[str, Any]) -> Dict[str, Any]:
+    """A trial's TrialConfig dict: a batched run's trials carry theirs under ``BATCH_KEY``."""
+    return strip_raw(config.get(BATCH_KEY, config))
+
+
+def _run_trial(config: Dict[str, Any], scaling: Dict[str, Any], storage_path: str, loopback: bool = False) -> None:
+    """Tune function trainable of a multi-worker trial (or ``reuse_workers: false``): fit one
+    TorchTrainer for this trial's config. ``loopback``: a local Ray instance, whose workers' process
+    group binds 127.0.0.1 only (``orchestrator/loopback_ddp.py``)."""
     from ray import tune
     from ray.train import CheckpointConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -142,10 +162,15 @@ def _run_trial(config: Dict[str, Any], scaling: Dict[str, Any], storage_path: st
 
     # Not validated again here: every part of it was checked before Ray started (the base
     # TrialConfig, the grid settings, the weight search's space), and the worker checks it anyway.
-    config = strip_raw(config)
+    extra = {}
+    if loopback and scaling["num_workers"] > 1:
+        from orchestrator.loopback_ddp import torch_config
+
+        extra["torch_config"] = torch_config()
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config=config,
+        train_loop_config=_trial_config(config),
+        **extra,
         scaling_config=ScalingConfig(**scaling),
         run_config=RunConfig(
             name=f"train-{tune.get_context().get_trial_id()}",
@@ -158,12 +183,58 @@ def _run_trial(config: Dict[str, Any], scaling: Dict[str, Any], storage_path: st
     trainer.fit()
 
 
-def run_experiment(exp: Experiment, search: SearchSpec, resources: ResourcesSpec, storage_path: str,
-                   cluster: Dict[str, float], verbose: int = 0, position: tuple = (1, 1),
-                   *, study_dir: str, loggers: Sequence[Plugin] = (), resume: bool = False,
-                   log: Callable[[str], None] = print) -> List[Dict[str, Any]]:
-    """Run every grid setting x seed of ``exp`` as Tune trials; one outcome dict per trial.
+def _train_here(config: Dict[str, Any]) -> None:
+    """Tune function trainable of a one-worker trial: the train loop runs in this (reused) process."""
+    from trainables.worker import train_in_trial
 
+    train_in_trial(_trial_config(config))
+
+
+def trainable_for(resources: ResourcesSpec, storage_path: str) -> Tuple[Any, bool]:
+    """(Tune trainable, whether Tune may reuse its processes) for trials of ``resources``.
+
+    One worker with ``reuse_workers``: the trial trains in its own Tune process, which asks for the
+    worker's CPUs and GPUs, and Tune reuses it for the next trial. Otherwise each trial's Tune
+    process only waits on the Train worker group it starts: it asks for no CPU (a token 1 MB of
+    memory, since an all-zero request is refused), so a worker group may use every CPU of a node.
+    """
+    from ray import tune
+
+    r = resources
+    if r.workers_per_trial == 1 and r.reuse_workers:
+        return tune.with_resources(_train_here, {"cpu": r.cpus_per_worker, "gpu": r.gpus_per_worker}), True
+    scaling = dict(num_workers=r.workers_per_trial, use_gpu=r.gpus_per_worker > 0,
+                   resources_per_worker={"CPU": r.cpus_per_worker,
+                                         **({"GPU": r.gpus_per_worker} if r.gpus_per_worker else {})})
+    loopback = not os.environ.get("RAY_ADDRESS")  # a local instance (start_ray): one node, loopback only
+    return tune.with_resources(tune.with_parameters(_run_trial, scaling=scaling, storage_path=storage_path,
+                                                    loopback=loopback),
+                               {"cpu": 0, "memory": DRIVER_MEMORY_BYTES}), False
+
+
+def batchable(exp: Experiment, search: SearchSpec) -> bool:
+    """Whether ``exp``'s trials may share one Tune run with other experiments' trials: a plain
+    grid (no Optuna searcher of its own) and no ASHA (which compares the trials of one run)."""
+    return exp.weight_search is None and not search.asha
+
+
+def run_name(exps: Sequence[Experiment]) -> str:
+    """The Tune run's name (its folder under the study's ``tune/``): the experiment's, or for a
+    batch the first one's and how many more (the same for the same batch, so a resume finds it)."""
+    first = trial_name(exps[0].name)
+    return first if len(exps) == 1 else f"batch_{first}_and_{len(exps) - 1}_more"
+
+
+def run_experiments(exps: Sequence[Experiment], search: SearchSpec, resources: ResourcesSpec, storage_path: str,
+                    cluster: Dict[str, float], verbose: int = 0, position: Tuple[int, int] = (1, 1),
+                    *, study_dir: str, loggers: Sequence[Plugin] = (), resume: bool = False,
+                    log: Callable[[str], None] = print) -> List[Dict[str, Any]]:
+    """Run every grid setting x seed of ``exps`` as the trials of one Tune run; one outcome dict
+    per trial (its ``config["experiment"]`` says whose).
+
+    One experiment: its grid (or its Optuna weight search) and ASHA when the spec asks.
+    Several (``batchable`` ones): one grid over (experiment x setting x seed), so Tune keeps every
+    slot busy across experiment boundaries and reuses trial processes between them.
     ``study_dir`` (the study's folder, named after the study) holds the Optuna database of a
     loss-weight search and the default MLflow store; ``loggers``: ``StudySpec.loggers``.
     ``resume``: continue the Tune run saved under ``storage_path`` (from scratch when Tune saved
@@ -174,24 +245,27 @@ def run_experiment(exp: Experiment, search: SearchSpec, resources: ResourcesSpec
 
     from orchestrator.progress import EpochLines
 
-    scaling = dict(num_workers=resources.workers_per_trial, use_gpu=resources.gpus_per_worker > 0,
-                   resources_per_worker={"CPU": resources.cpus_per_worker,
-                                         **({"GPU": resources.gpus_per_worker} if resources.gpus_per_worker else {})})
-    # The trial driver only waits on its worker group: it asks for no CPU (a token 1 MB of memory,
-    # since an all-zero request is refused), so a worker group may use every CPU of a node.
-    trainable = tune.with_resources(
-        tune.with_parameters(_run_trial, scaling=scaling, storage_path=storage_path),
-        {"cpu": 0, "memory": DRIVER_MEMORY_BYTES})
-    base = exp.base.to_dict()  # the Tune boundary: typed config -> plain dict
+    exps = list(exps)
+    exp = exps[0]
+    if len(exps) > 1 and not all(batchable(e, search) for e in exps):
+        raise ValueError("run_experiments: only batchable experiments share a Tune run")
+    trainable, reuse = trainable_for(resources, storage_path)
     search_alg, num_samples = None, 1
-    trials = exp.weight_search.num_samples if exp.weight_search else len(exp.settings) * len(exp.seeds)
+    epochs = max(e.base.epochs for e in exps)
     if exp.weight_search:  # Optuna TPE over the weights (and the grid setting), first seed
-        param_space = {**base, "seed": exp.seeds[0]}
+        trials = exp.weight_search.num_samples
+        param_space = {**exp.base.to_dict(), "seed": exp.seeds[0]}  # the Tune boundary: typed config -> dict
         search_alg = make_searcher(exp.base.tasks, exp.settings, exp.weight_search, exp.base.balancer, METRIC, MODE,
                                    url=storage_url(study_dir), name=f"{os.path.basename(study_dir)}/{exp.name}")
         num_samples = exp.weight_search.num_samples
-    else:  # the survey grid x seeds, as Tune's own grid
-        param_space = {**base, "hp": tune.grid_search(list(exp.settings)), "seed": tune.grid_search(list(exp.seeds))}
+    elif len(exps) == 1:  # the survey grid x seeds, as Tune's own grid
+        trials = len(exp.settings) * len(exp.seeds)
+        param_space = {**exp.base.to_dict(), "hp": tune.grid_search(list(exp.settings)),
+                       "seed": tune.grid_search(list(exp.seeds))}
+    else:  # every experiment's grid x seeds as one list of whole trial configs
+        configs = [{**e.base.to_dict(), "hp": s, "seed": k} for e in exps for s in e.settings for k in e.seeds]
+        trials = len(configs)
+        param_space = {BATCH_KEY: tune.grid_search(configs)}
     scheduler = None
     if search.asha:
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=exp.base.epochs,
@@ -201,22 +275,26 @@ def run_experiment(exp: Experiment, search: SearchSpec, resources: ResourcesSpec
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     else:
         os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
-    path = os.path.join(storage_path, trial_name(exp.name))
+    name = run_name(exps)
+    label = exp.name if len(exps) == 1 else f"{len(exps)} experiments"
+    path = join(storage_path, name) if is_uri(storage_path) else os.path.join(storage_path, name)
     if resume and tune.Tuner.can_restore(path):
-        log(f"  {exp.name}: resuming Tune's saved run {path}: ended trials kept, unfinished ones continue "
+        log(f"  {label}: resuming Tune's saved run {path}: ended trials kept, unfinished ones continue "
             "from their last checkpoint")
         return _fit(tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False,
                                        restart_errored=False))
     if resume:
-        log(f"  {exp.name}: Tune saved no state under {path}; its trials run from scratch")
+        log(f"  {label}: Tune saved no state under {path}; its trials run from scratch")
     return _fit(tune.Tuner(
         trainable,
         param_space=param_space,
         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, scheduler=scheduler, search_alg=search_alg,
-                                    num_samples=num_samples, max_concurrent_trials=max_concurrent(resources, cluster)),
-        run_config=tune.RunConfig(name=trial_name(exp.name), storage_path=storage_path, verbose=verbose,
-                                  callbacks=[EpochLines(exp.name, position[0], position[1], trials, exp.base.epochs),
-                                             *tracker_callbacks(loggers, study_dir, exp.name)],
+                                    num_samples=num_samples, max_concurrent_trials=max_concurrent(resources, cluster),
+                                    reuse_actors=reuse),
+        run_config=tune.RunConfig(name=name, storage_path=storage_path, verbose=verbose,
+                                  callbacks=[EpochLines(label, position[0], position[1], trials, epochs, batch_of=len(exps)),
+                                             *tracker_callbacks(loggers, study_dir, exp.name if len(exps) == 1 else name)],
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                   failure_config=tune.FailureConfig(max_failures=1)),
     ))
 
@@ -255,9 +333,12 @@ def trial_outcome(result: Any) -> Dict[str, Any]:
     metrics = dict(result.metrics or {})
     status = ("error" if result.error else "failed" if metrics.get("failed")
               else "completed" if metrics.get("finished") else "stopped")
-    return {"config": strip_raw(result.config or {}), "metrics": metrics, "status": status,
+    checkpoint = str(metrics.get("checkpoint_path", "") or "")  # a Train run's, forwarded by its callback
+    if not checkpoint and getattr(result, "checkpoint", None) is not None:  # a trial trained in Tune's process
+        checkpoint = result.checkpoint.path
+    return {"config": _trial_config(result.config or {}), "metrics": metrics, "status": status,
             "error": (f"{type(result.error).__name__}: {result.error}" if result.error
                       else str(metrics.get("failed") or "")),
             "wall_time_s": float(metrics.get("time_total_s", math.nan)),
             "trial_id": str(metrics.get("trial_id", "")),
-            "checkpoint_path": str(metrics.get("checkpoint_path", "") or "")}
+            "checkpoint_path": checkpoint}

@@ -21,6 +21,52 @@ from trainables.schema import ConfigError, from_plain, to_plain
 # fields that change where a run writes, not what it computes: left out of every config hash (the
 # results' config_hash and setting_hash, the baseline cache key), so caches made before they existed stay valid
 HASH_NEUTRAL: Tuple[str, ...] = ("events_dir",)
+AMP_MODES: Tuple[str, ...] = ("off", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How a run uses its device: switches for speed, some of which move the numbers a little.
+
+    Attributes:
+        amp: mixed precision of the forward passes (training and evaluation): "off" (fp32),
+            "bf16" (``torch.autocast`` to bfloat16: CPUs, and GPUs from Ampere on) or "fp16"
+            (float16 with a ``GradScaler``: CUDA only, and only with loss-level balancers, see
+            ``trainables/train_loop.py``). Losses and metrics are always computed in fp32.
+        channels_last: the model's weights and the image batches in NHWC memory layout
+            (faster convolutions on tensor cores); the same function up to float rounding.
+        cudnn_benchmark: cuDNN times its convolution algorithms for each input shape and keeps
+            the fastest (CUDA only, ignored on a CPU); its choice may differ between runs.
+        loader_workers: worker processes of the training and evaluation DataLoaders (0: batches
+            are loaded in the training process).
+        pin_memory: batches in page-locked host memory for faster copies to the GPU (CUDA only,
+            ignored on a CPU).
+    """
+
+    amp: str = "off"
+    channels_last: bool = False
+    cudnn_benchmark: bool = False
+    loader_workers: int = 0
+    pin_memory: bool = False
+
+    # the switches that may change what a run computes (float rounding, cuDNN's algorithm):
+    # when not at their defaults they enter the config hash; the others change speed only
+    NUMERIC = ("amp", "channels_last", "cudnn_benchmark")
+
+    def __post_init__(self):
+        if self.amp not in AMP_MODES:
+            raise ConfigError(f"amp: {self.amp!r} is not one of {AMP_MODES}; use 'off' (fp32), 'bf16' or, on a GPU, 'fp16'")
+        for name in ("channels_last", "cudnn_benchmark", "pin_memory"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}: {getattr(self, name)!r} must be true or false")
+        w = self.loader_workers
+        if isinstance(w, bool) or not isinstance(w, int) or w < 0:
+            raise ConfigError(f"loader_workers: {w!r} must be an integer >= 0 (0: load in the training process)")
+
+    def hashed(self) -> Dict[str, Any]:
+        """The ``NUMERIC`` switches that differ from their defaults (empty: hash as before they existed)."""
+        default = Runtime()
+        return {n: getattr(self, n) for n in self.NUMERIC if getattr(self, n) != getattr(default, n)}
 
 
 @dataclass(frozen=True)
@@ -56,6 +102,9 @@ class TrialConfig:
         events_dir: the folder that holds this run's TensorBoard folder (``trainables/tracking.py``:
             ``<events_dir>/<run_name>``, written by rank 0); None: no events. Where a run logs changes
             nothing it computes, so ``config_hash`` leaves it out (``HASH_NEUTRAL``).
+        runtime: device switches (mixed precision, memory layout, cuDNN autotuning, loader
+            workers, pinned memory; ``Runtime``). Only those that may change the numbers enter
+            ``config_hash``, and only when not at their defaults.
     """
 
     experiment: str
@@ -86,11 +135,13 @@ class TrialConfig:
     regularisers: Tuple[Plugin, ...] = ()
     teacher_checkpoints: Mapping[str, str] = field(default_factory=dict)
     events_dir: Optional[str] = None
+    runtime: Runtime = Runtime()
 
     def __post_init__(self):
         for name in ("dataset", "balancer"):  # a name or a {name, params} mapping is a Plugin
             object.__setattr__(self, name, Plugin.of(getattr(self, name), name))
         object.__setattr__(self, "model", from_plain(ModelRef, self.model, "model"))
+        object.__setattr__(self, "runtime", from_plain(Runtime, self.runtime, "runtime"))
         object.__setattr__(self, "tasks", tuple(self.tasks))
         object.__setattr__(self, "step_milestones", tuple(self.step_milestones))
         object.__setattr__(self, "auxiliary_tasks", tuple(self.auxiliary_tasks))
@@ -146,8 +197,13 @@ class TrialConfig:
         return json.loads(json.dumps(to_plain(self)))
 
     def config_hash(self, exclude: Tuple[str, ...] = ()) -> str:
-        """Content hash of the resolved config (hex, 16 chars), without ``HASH_NEUTRAL`` and ``exclude``."""
-        return stable_hash({k: v for k, v in self.to_dict().items() if k not in exclude + HASH_NEUTRAL})
+        """Content hash of the resolved config (hex, 16 chars), without ``HASH_NEUTRAL`` and ``exclude``;
+        of ``runtime`` only ``Runtime.hashed()``, so a config at the default runtime hashes as before
+        the field existed (cached baselines stay valid)."""
+        plain = {k: v for k, v in self.to_dict().items() if k not in exclude + HASH_NEUTRAL + ("runtime",)}
+        if "runtime" not in exclude and self.runtime.hashed():
+            plain["runtime"] = self.runtime.hashed()
+        return stable_hash(plain)
 
 
 def stable_hash(obj: Any) -> str:

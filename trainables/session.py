@@ -149,3 +149,36 @@ class RayTrainSession(Session):
                 checkpoint = self._train.Checkpoint.from_directory(directory)
             self._train.report(metrics, checkpoint=checkpoint)  # Ray: reaches Tune via the callback
 
+
+
+class TuneSession(Session):
+    """A one-worker trial that trains in Tune's own trial process (``resources.reuse_workers``).
+
+    No Train worker group: the trial's process is the worker, and Tune keeps it for its next
+    trial (``reuse_actors``), so a trial pays no process start, no ``import torch`` and no group
+    set-up. Reports and checkpoints go straight to Tune (``ray.tune.report``), where ASHA acts on
+    them; a retried or resumed trial restores from its last checkpoint (``ray.tune.get_checkpoint``).
+    The device is the one Ray gave the trial (it sets ``CUDA_VISIBLE_DEVICES``), else the CPU.
+    """
+
+    def __init__(self):
+        import ray.tune
+
+        self._tune = ray.tune
+        super().__init__(device=default_device())
+
+    def restore(self) -> Optional[Dict[str, Any]]:
+        checkpoint = self._tune.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as directory:
+            return load_state_file(os.path.join(directory, STATE_FILE), self.device)
+
+    def report(self, metrics: Dict[str, Any], state: Optional[Dict[str, Any]] = None) -> None:
+        self.reports.append(dict(metrics))
+        with tempfile.TemporaryDirectory() as directory:
+            checkpoint = None
+            if state is not None:
+                torch.save(state, os.path.join(directory, STATE_FILE))
+                checkpoint = self._tune.Checkpoint.from_directory(directory)
+            self._tune.report(metrics, checkpoint=checkpoint)

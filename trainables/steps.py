@@ -16,7 +16,8 @@ representation level (``grad_target="representation"``, needs a shared represent
 
 parameter level (``grad_target="params"``): the per-task gradients w.r.t. the shared
     parameters (or only the last shared layer, ``grad_scope="last_shared"``) as a [T, P] matrix
-    from ONE batched vector-Jacobian product (``is_grads_batched``). With a shared
+    of vector-Jacobian products (``task_vjp``: one batched product with ``is_grads_batched`` on a
+    GPU, one product per task on the CPU, where that is faster - ``vjp_mode``). With a shared
     representation the VJP starts at z from the per-head z gradients above, so the heads are
     traversed once, not T times. ``combine_grads`` gives the shared update, written into .grad;
     everything else (heads, shared parameters outside the scope, the balancer's own parameters)
@@ -28,6 +29,14 @@ per-task mask drops unlabelled samples from each loss.
 Architecture metadata (``ArchitectureInfo``): with ``deep_supervision`` each task's loss also
 carries its weighted intermediate predictions (``task_losses``); with ``forward_per_task`` the
 outputs come from one forward pass per task (``forward``).
+
+Mixed precision (``Runtime.amp``, given as ``amp``, the autocast dtype): the forward pass
+runs under ``torch.autocast``; its outputs (and the shared representation z) are cast to fp32
+before the losses, the balancer and the regularisers read them, so losses, Gram matrices and
+combined gradients are fp32, and the parameters stay fp32. With float16 a ``GradScaler``
+scales the loss-level objective before its backward pass and unscales the gradients in its
+``step``; the gradient-level modes take no scaler (``fit`` refuses float16 with them: their
+per-task gradients would need unscaling before the balancer reads them).
 
 Data parallel: gradient-level steps run on the bare module (``model.module`` under DDP), so
 DDP's own all-reduce is bypassed and done here instead, through the session's collectives
@@ -41,6 +50,7 @@ from rank 0 on gradient-level steps (DDP does that in its forward, which is bypa
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -92,6 +102,19 @@ def task_losses(out: Mapping[str, Tensor], tasks: Mapping[str, Task], batch,
     return losses
 
 
+def autocast(device: torch.device, amp: Optional[torch.dtype]):
+    """``torch.autocast`` to ``amp`` on ``device``'s type; None: fp32 (no autocast at all)."""
+    return nullcontext() if amp is None else torch.autocast(device.type, dtype=amp)
+
+
+def fp32(out: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+    """A model's outputs under autocast, intermediate predictions included, cast to float32
+    (a differentiable cast), so the losses and metrics are computed in fp32."""
+    final = {t: o.float() for t, o in out.items()}
+    aux = getattr(out, "aux", None)
+    return Predictions(final, {t: [a.float() for a in p] for t, p in aux.items()}, out.aux_weights) if aux else final
+
+
 def forward(model: nn.Module, x: Tensor):
     """The model's outputs for a training step. A model that serves one task per forward pass
     (``ArchitectureInfo.forward_per_task``, ASTMT) runs once per task on the bare module: DDP's
@@ -112,7 +135,8 @@ def forward(model: nn.Module, x: Tensor):
 
 def training_step(model: nn.Module, balancer: Balancer, tasks: Mapping[str, Task], batch, optimizer,
                   session: Optional[Session] = None, regularisers: Sequence[Regulariser] = (),
-                  meta_batch=None) -> Dict[str, float]:
+                  meta_batch=None, amp: Optional[torch.dtype] = None,
+                  scaler: Optional[torch.amp.GradScaler] = None) -> Dict[str, float]:
     """Forward, balance, backward, optimiser step; returns the per-task loss values and each
     regulariser term's value (as ``"reg/<term>"``).
 
@@ -122,7 +146,9 @@ def training_step(model: nn.Module, balancer: Balancer, tasks: Mapping[str, Task
     every view they ask for (``batch["views"]``, in the same forward pass), the supervised losses
     read view 0, and the terms' gradient is added to the parameters at every balancer level.
     A balancer with ``needs_meta_batch`` first gets ``meta_update`` on ``meta_batch``
-    (``trainables/meta.py``), which writes its own gradients.
+    (``trainables/meta.py``), which writes its own gradients (in fp32, outside autocast).
+    ``amp``: the forward pass's autocast dtype (None: fp32); ``scaler``: float16's loss scaling,
+    loss-level balancers only (see the module docstring).
     """
     session = session or Session()
     optimizer.zero_grad(set_to_none=True)
@@ -134,30 +160,39 @@ def training_step(model: nn.Module, balancer: Balancer, tasks: Mapping[str, Task
         balancer.meta_update(MetaContext(_bare(model), tasks, batch, meta_batch, optimizer))
     regs = Regularised(list(regularisers))
     if balancer.info.needs_task_grads:
-        losses = _grad_level(_bare(model), balancer, tasks, batch, session, regs)
+        losses = _grad_level(_bare(model), balancer, tasks, batch, session, regs, amp)
     else:
-        losses = _loss_level(model, balancer, tasks, batch, session, regs)
+        losses = _loss_level(model, balancer, tasks, batch, session, regs, amp, scaler)
     session.average_grads_([p for p in balancer.parameters() if p.requires_grad] + regs.own_parameters())
-    optimizer.step()
+    if scaler is not None:  # unscales every gradient of the optimiser; skips a step with inf/NaN in them
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
     report = {name: float(loss.detach()) for name, loss in losses.items()}
     report.update({f"reg/{name}": float(term.detach()) for name, term in regs.values.items()})
     return report
 
 
 # -- loss level ----------------------------------------------------------------------------------
-def _loss_level(model: nn.Module, balancer: Balancer, tasks, batch, session: Session, regs: Regularised) -> Dict[str, Tensor]:
+def _loss_level(model: nn.Module, balancer: Balancer, tasks, batch, session: Session, regs: Regularised,
+                amp: Optional[torch.dtype], scaler: Optional[torch.amp.GradScaler]) -> Dict[str, Tensor]:
     net = _bare(model)
     x, size = model_input(batch, regs.views), batch["image"].shape[0]
     features = None
     # DDP is bypassed when the model runs once per task or its features are needed: the step
     # then averages the gradients itself
     bypass = net.info.forward_per_task or regs.needs_features or regs.needs_model
+    with autocast(x.device, amp):
+        if regs.needs_features:
+            z = net.encode(x)
+            out_all = net.decode(z, x.shape[-2:])
+        else:
+            out_all = forward(model, x)
+    if amp is not None:
+        out_all = fp32(out_all)
     if regs.needs_features:
-        z = net.encode(x)
-        out_all = net.decode(z, x.shape[-2:])
-        features = first_view(z, size)
-    else:
-        out_all = forward(model, x)
+        features = first_view(z if amp is None else _z_fp32(z), size)
     outputs = split_views(out_all, size, regs.views)
     out = outputs[0]
     pairs = labelled(out, tasks, batch)
@@ -167,7 +202,8 @@ def _loss_level(model: nn.Module, balancer: Balancer, tasks, batch, session: Ses
     extra = regs.total(outputs, batch, features)
     if extra is not None:
         total = total + extra
-    (total + _keep_graph_connected(out_all, losses)).backward()
+    total = total + _keep_graph_connected(out_all, losses)
+    (total if scaler is None else scaler.scale(total)).backward()
     if bypass:
         session.average_grads_([p for p in net.parameters() if p.requires_grad])
     return losses
@@ -207,7 +243,8 @@ class _Step:
         return next(iter(self.values.values())).device
 
 
-def _grad_level(net: nn.Module, balancer: Balancer, tasks, batch, session: Session, regs: Regularised) -> Dict[str, Tensor]:
+def _grad_level(net: nn.Module, balancer: Balancer, tasks, batch, session: Session, regs: Regularised,
+                amp: Optional[torch.dtype]) -> Dict[str, Tensor]:
     x, size = model_input(batch, regs.views), batch["image"].shape[0]
     info = balancer.info
     via_z = net.info.has_shared_representation
@@ -217,16 +254,23 @@ def _grad_level(net: nn.Module, balancer: Balancer, tasks, batch, session: Sessi
                          "parameter-level variant of the balancer")
     features = None
     if via_z:
-        z = net.encode(x)
+        with autocast(x.device, amp):
+            z = net.encode(x)
         zs = z if isinstance(z, tuple) else (z,)
+        if amp is not None:  # the z gradients, their Gram matrix and the balancer's arithmetic in fp32
+            zs = _z_fp32(zs)
         z_d = tuple(t.detach().requires_grad_() for t in zs)
-        out_all = net.decode(z_d if isinstance(z, tuple) else z_d[0], x.shape[-2:])
+        with autocast(x.device, amp):
+            out_all = net.decode(z_d if isinstance(z, tuple) else z_d[0], x.shape[-2:])
         features = first_view(z_d if isinstance(z, tuple) else z_d[0], size)
     else:
         if regs.needs_features:  # the plan refuses this pair before Ray starts
             raise ValueError(f"a regulariser needs the shared features, but {net.label()} has none")
         zs, z_d = (), ()
-        out_all = forward(net, x)
+        with autocast(x.device, amp):
+            out_all = forward(net, x)
+    if amp is not None:
+        out_all = fp32(out_all)
     outputs = split_views(out_all, size, regs.views)
     out = outputs[0]
     pairs = labelled(out, tasks, batch)
@@ -282,8 +326,7 @@ def _params_via_z(s: _Step, shared: List[nn.Parameter], scope: List[nn.Parameter
     scope_ids = {id(p) for p in scope}
     rest = [p for p in shared if id(p) not in scope_ids]
     rows = len(s.names)
-    grads = torch.autograd.grad(s.z, scope, grad_outputs=_split(s.grad_z, s.z), is_grads_batched=True,
-                                retain_graph=bool(rest), allow_unused=True)
+    grads = task_vjp(s.z, scope, _split(s.grad_z, s.z), retain_graph=bool(rest), mode=vjp_mode(s.device))
     direction = s.balancer.combine_grads(s.session.average_(_flatten(grads, scope, rows)), s.values)
     weights = _objective_weights(s)
     if rest:  # shared parameters outside the scope follow the objective (GradNorm's cheap variant)
@@ -300,8 +343,7 @@ def _params_generic(s: _Step, scope: List[nn.Parameter]) -> None:
         zero = torch.zeros((), device=s.device)
         stacked = torch.stack([s.losses[n] if n in s.losses else zero for n in s.names])
         eye = torch.eye(len(s.names), dtype=stacked.dtype, device=stacked.device)
-        grads = torch.autograd.grad(stacked, scope, grad_outputs=eye, is_grads_batched=True, retain_graph=True,
-                                    allow_unused=True)
+        grads = task_vjp((stacked,), scope, (eye,), retain_graph=True, mode=vjp_mode(stacked.device))
     else:  # labelled on other workers only
         grads = [None] * len(scope)
     direction = s.balancer.combine_grads(s.session.average_(_flatten(grads, scope, len(s.names))), s.values)
@@ -380,6 +422,42 @@ def _present(balancer: Balancer, losses, device: torch.device, session: Session)
     return names, {n: stats[0, i] / stats[1, i] for i, n in enumerate(balancer.task_names) if stats[1, i] > 0}
 
 
+VJP_MODES = ("auto", "loop", "batched")
+VJP_MODE = "auto"  # "auto": vjp_mode's per-device choice; "loop" / "batched" force one (benchmarks, tests)
+
+
+def vjp_mode(device: torch.device) -> str:
+    """How ``task_vjp`` computes the per-task rows on ``device``: measured on this project's CPU
+    machines (benchmarks/bench_balancers.py, "loop/batched"), one vector-Jacobian product per task
+    is as fast as the batched product or faster (up to 18% on a wider model), so the CPU loops;
+    other devices take the batched product (``vmap`` over the rows: one backward for all tasks),
+    which is what LibMTL-style GPU training is built on. ``VJP_MODE`` overrides it."""
+    if VJP_MODE != "auto":
+        return VJP_MODE
+    return "loop" if device.type == "cpu" else "batched"
+
+
+def task_vjp(outputs: Sequence[Tensor], inputs: Sequence[Tensor], rows: Sequence[Tensor], *, retain_graph: bool,
+             mode: str) -> List[Optional[Tensor]]:
+    """Per-input gradients [T, *input.shape] of ``outputs`` with the T stacked ``rows`` of
+    grad-outputs (one [T, *output.shape] tensor per output): ``torch.autograd.grad`` with
+    ``is_grads_batched`` ("batched"), or once per row, stacked ("loop"). None for an input no
+    row reaches. Both give the same numbers (up to float summation order)."""
+    if mode == "batched":
+        return list(torch.autograd.grad(outputs, inputs, grad_outputs=list(rows), is_grads_batched=True,
+                                        retain_graph=retain_graph, allow_unused=True))
+    count = rows[0].shape[0]
+    per_row = [torch.autograd.grad(outputs, inputs, grad_outputs=[r[t] for r in rows],
+                                   retain_graph=retain_graph or t < count - 1, allow_unused=True)
+               for t in range(count)]
+    out: List[Optional[Tensor]] = []
+    for i, p in enumerate(inputs):
+        got = [g[i] for g in per_row]
+        out.append(None if all(g is None for g in got)
+                   else torch.stack([g if g is not None else torch.zeros_like(p) for g in got]))
+    return out
+
+
 def _flatten(grads, params, rows: int) -> Tensor:
     """[T, P] from batched per-parameter gradients (None -> zeros)."""
     return torch.cat([(g if g is not None else torch.zeros(rows, *p.shape, device=p.device, dtype=p.dtype)).reshape(rows, -1)
@@ -393,6 +471,10 @@ def _write_flat(params: Sequence[nn.Parameter], direction: Tensor) -> None:
         g = direction[offset:offset + n].view_as(p).to(p.dtype)
         p.grad = g.clone() if p.grad is None else p.grad + g
         offset += n
+
+
+def _z_fp32(z):
+    return tuple(t.float() for t in z) if isinstance(z, tuple) else z.float()
 
 
 def _params(params) -> List[nn.Parameter]:

@@ -14,16 +14,24 @@ a non-finite Delta_m / score, makes ``fit`` report ``{"epoch", "failed": reason,
 nan}`` (Tune needs its metric in every report) and return that report; the reason names the
 epoch (and step) and the task or metric. A scored task with no labelled validation sample fails
 the run too: its score would be undefined, so the run could never be selected.
+
+Device switches (``TrialConfig.runtime``; ``check_runtime`` refuses what the device or balancer
+cannot serve, in one line, before training): ``amp`` runs the forward passes of training and
+evaluation under ``torch.autocast`` (losses and metrics in fp32, ``trainables/steps.py``). Its
+"fp16" needs CUDA and a loss-level balancer without a meta step: the ``GradScaler`` unscales
+only in ``scaler.step``, so a gradient-level balancer would combine scaled per-task gradients
+and a meta step's unscaled ones would be divided by the scale. Regularisers' own updates and
+meta steps run in fp32. ``channels_last`` makes the model and the image batches NHWC;
+``cudnn_benchmark`` sets cuDNN's flag on CUDA (to this run's value: a process may train several
+runs). ``loader_workers``: see ``loader_options``.
 """
 from __future__ import annotations
 
 import math
 import os
-import random
 import time
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
@@ -38,11 +46,12 @@ from trainables.build import (
     primary_directions,
     regulariser_info,
 )
-from trainables.config import TrialConfig
+from trainables.config import Runtime, TrialConfig
 from trainables.delta import delta_m
 from trainables.optim import make_optimizer, make_scheduler
+from trainables.runtime import AMP_DTYPES, channels_last, check_runtime, loader_options, seed_everything
 from trainables.session import STATE_FILE, Session, load_state_file
-from trainables.steps import labelled, training_step
+from trainables.steps import autocast, fp32, labelled, training_step
 from trainables.tasks.base import Task
 from trainables.tracking import open_events
 
@@ -68,12 +77,6 @@ def load_teachers(cfg: TrialConfig, tasks: Mapping[str, Task]) -> Dict[str, nn.M
     return teachers
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
@@ -84,18 +87,25 @@ def to_device(batch: Any, device: torch.device) -> Any:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, tasks: Mapping[str, Task], dataset, session: Session, batch_size: int,
-             counts: Optional[Dict[str, float]] = None) -> Dict[str, float]:
+             counts: Optional[Dict[str, float]] = None, runtime: Runtime = Runtime()) -> Dict[str, float]:
     """Split-level metrics ("task/metric" -> value) and mean losses ("task/loss"); ``counts``, when
-    given, receives each task's number of labelled samples (0: its loss and metrics are NaN)."""
+    given, receives each task's number of labelled samples (0: its loss and metrics are NaN);
+    ``runtime``: the run's device switches (autocast, layout, loader workers)."""
     shard = Subset(dataset, range(session.rank, len(dataset), session.world_size))  # no padding
-    loader = DataLoader(shard, batch_size=batch_size, shuffle=False)
+    loader = DataLoader(shard, batch_size=batch_size, shuffle=False, **loader_options(runtime, session.device, session.rank))
+    amp = AMP_DTYPES[runtime.amp]
     states = {n: t.metric_state(session.device) for n, t in tasks.items()}
     loss_sums = torch.zeros(len(tasks), 2, dtype=torch.float64, device=session.device)
     was_training = model.training
     model.eval()
     for batch in loader:
         batch = to_device(batch, session.device)
-        out = model(batch["image"])
+        if runtime.channels_last:
+            batch = channels_last(batch)
+        with autocast(session.device, amp):
+            out = model(batch["image"])
+        if amp is not None:
+            out = fp32(out)
         pairs = labelled(out, tasks, batch)
         for i, (name, task) in enumerate(tasks.items()):
             if name in pairs:
@@ -169,6 +179,9 @@ def extra_labels(cfg: TrialConfig) -> List[str]:
 
 def fit(cfg: TrialConfig, session: Session) -> Dict[str, Any]:
     """Train ``cfg`` to the end (or from its last checkpoint); return the last report."""
+    check_runtime(cfg, session.device)
+    if session.device.type == "cuda":
+        torch.backends.cudnn.benchmark = cfg.runtime.cudnn_benchmark
     seed_everything(cfg.seed + 1000 * session.rank)
     tasks = build_tasks(cfg.dataset, cfg.tasks, cfg.auxiliary_tasks)
     directions = primary_directions(tasks)  # auxiliary tasks are trained and logged, not scored
@@ -216,6 +229,8 @@ def fit(cfg: TrialConfig, session: Session) -> Dict[str, Any]:
         parent = load_state(cfg.init_from)
         model.load_parent(parent["model"], TrialConfig.from_dict(parent["config"]).model)
     model = model.to(session.device)
+    if cfg.runtime.channels_last:  # before the optimiser is built (the parameters stay the same objects)
+        model = model.to(memory_format=torch.channels_last)
     balancer = build_balancer(cfg.balancer, cfg.tasks, cfg.context).to(session.device)
     regularisers = regularisers.to(session.device)
     image_hw = tuple(train_set[0]["image"].shape[-2:]) if len(regularisers) else None
@@ -229,7 +244,8 @@ def fit(cfg: TrialConfig, session: Session) -> Dict[str, Any]:
     own_optimizers = {f"{i}/{name}": opt for i, reg in enumerate(regularisers) for name, opt in reg.optimizers().items()}
     per_worker_batch = max(1, cfg.batch_size // session.world_size)
     generator = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(train_set, batch_size=per_worker_batch, shuffle=True, drop_last=True, generator=generator)
+    loader = DataLoader(train_set, batch_size=per_worker_batch, shuffle=True, drop_last=True, generator=generator,
+                        **loader_options(cfg.runtime, session.device, session.rank))
     loader = session.prepare_loader(loader)
     meta_batches = None
     if meta_set is not None:
@@ -256,6 +272,8 @@ def fit(cfg: TrialConfig, session: Session) -> Dict[str, Any]:
     groups += [{"params": g["params"], "lr": cfg.lr * g["lr_mult"]} for r in regularisers for g in r.param_groups()]
     optimizer = make_optimizer(cfg, [g for g in groups if g["params"]])
     scheduler = make_scheduler(cfg, optimizer, steps)
+    amp = AMP_DTYPES[cfg.runtime.amp]
+    scaler = torch.amp.GradScaler(session.device.type) if cfg.runtime.amp == "fp16" else None
 
     start_epoch, last = 0, {}
     state = session.restore()
@@ -267,6 +285,8 @@ def fit(cfg: TrialConfig, session: Session) -> Dict[str, Any]:
         for key, own in own_optimizers.items():
             own.load_state_dict(state["own_optimizers"][key])
         scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
         start_epoch, last = state["epoch"] + 1, state.get("metrics", {})
     model = session.prepare_model(model)
     events = open_events(cfg, session.rank, start_epoch)  # TensorBoard, rank 0 (None: off)
@@ -289,13 +309,15 @@ def fit(cfg: TrialConfig, session: Session) -> Dict[str, Any]:
             if step >= steps:
                 break
             batch = to_device(batch, session.device)
+            if cfg.runtime.channels_last:
+                batch = channels_last(batch)
             meta = to_device(next(meta_batches), session.device) if meta_batches is not None else None
             weak = to_device(next(weak_batches), session.device) if weak_batches is not None else None
             own_logs: Dict[str, float] = {}
             for reg in regularisers:  # the components' own updates, then the samples they add
                 own_logs.update(reg.update(batch, weak, epoch))
                 batch = reg.extend_batch(batch, weak, epoch)
-            losses = training_step(model, balancer, tasks, batch, optimizer, session, regularisers, meta)
+            losses = training_step(model, balancer, tasks, batch, optimizer, session, regularisers, meta, amp, scaler)
             losses.update({f"reg/{k}": v for k, v in own_logs.items()})
             reason = training_diverged(losses, epoch, step, session)
             if reason is not None:
@@ -318,7 +340,7 @@ def fit(cfg: TrialConfig, session: Session) -> Dict[str, Any]:
 
         session.after_epoch(epoch, model.module if hasattr(model, "module") else model, tasks)
         val_counts: Dict[str, float] = {}
-        val = evaluate(model, tasks, val_set, session, cfg.eval_batch_size, counts=val_counts)
+        val = evaluate(model, tasks, val_set, session, cfg.eval_batch_size, counts=val_counts, runtime=cfg.runtime)
         scores = score(cfg, val, cfg.baseline_val, directions)
         reason = validation_diverged(val, val_counts, scores, directions, epoch)
         if reason is not None:
@@ -333,7 +355,7 @@ def fit(cfg: TrialConfig, session: Session) -> Dict[str, Any]:
         report.update({f"val_{k}": v for k, v in scores.items()})
         if epoch == cfg.epochs - 1:  # reported, never used for selection
             test_set = build_dataset(cfg.dataset, cfg.data_root, "test", cfg.tasks)
-            test = evaluate(model, tasks, test_set, session, cfg.eval_batch_size)
+            test = evaluate(model, tasks, test_set, session, cfg.eval_batch_size, runtime=cfg.runtime)
             report.update({f"test/{k}": v for k, v in test.items()})
             if cfg.baseline_test:
                 report["test_delta_m"] = delta_m(test, cfg.baseline_test, directions)
@@ -343,6 +365,8 @@ def fit(cfg: TrialConfig, session: Session) -> Dict[str, Any]:
                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                  "own_optimizers": {k: o.state_dict() for k, o in own_optimizers.items()},
                  "epoch": epoch, "metrics": report, "config": cfg.to_dict()}
+        if scaler is not None:
+            state["scaler"] = scaler.state_dict()
         if events is not None:
             events.write(report, step=epoch + 1)
         session.report(report, state=state)

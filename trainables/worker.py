@@ -1,10 +1,10 @@
-"""The Ray Train worker function: one data-parallel worker of one trial."""
+"""What a trial runs: one data-parallel worker of a Ray Train group, or the whole trial in Tune's process."""
 from __future__ import annotations
 
 from typing import Any, Dict
 
 from trainables.config import TrialConfig
-from trainables.session import RayTrainSession
+from trainables.session import RayTrainSession, TuneSession
 from trainables.train_loop import fit
 
 
@@ -26,3 +26,10 @@ def train_worker(config: Dict[str, Any]) -> None:
 
     quiet_report_lines()
     fit(TrialConfig.from_dict(config), RayTrainSession())
+
+
+def train_in_trial(config: Dict[str, Any]) -> None:
+    """A one-worker trial trained in Tune's own (reused) trial process."""
+    import trainables  # noqa: F401  (registers plug-ins in the trial process)
+
+    fit(TrialConfig.from_dict(config), TuneSession())

@@ -121,7 +121,8 @@ def test_a_regulariser_term_that_is_inf_ends_the_run(tmp_path, monkeypatch):
 
     calls = {"n": 0}
 
-    def step(model, balancer, tasks, batch, optimizer, session=None, regularisers=(), meta_batch=None):
+    def step(model, balancer, tasks, batch, optimizer, session=None, regularisers=(), meta_batch=None,
+             amp=None, scaler=None):
         calls["n"] += 1
         optimizer.step()
         return {"semseg": 1.0, "depth": 2.0, "reg/consistency": math.inf if calls["n"] == 2 else 0.5}
@@ -325,11 +326,11 @@ def test_a_baseline_whose_every_setting_failed_stops_the_study_before_any_multi_
                 out.setdefault(exp.name, []).append({**r, "config": cfg.to_dict(), "wall_time_s": 1.0})
         return out
 
-    def run_experiment(*args, **kwargs):
+    def run_experiments(*args, **kwargs):
         raise AssertionError("a multi-task trial started")
 
     monkeypatch.setattr(study, "baselines", baselines)
-    monkeypatch.setattr(study, "run_experiment", run_experiment)
+    monkeypatch.setattr(study, "run_experiments", run_experiments)
     code = main(["run", spec_yaml(tmp_path), "--storage", str(tmp_path / "runs")])
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1

@@ -204,7 +204,7 @@ def test_dropped_images_leave_the_loader_and_feed_the_weak_stream(tmp_path):
     assert keep != drop  # a different loader, so a different file and cache key
     seen = []
 
-    def spy(model, balancer, tasks, batch, optimizer, session=None, regularisers=(), meta_batch=None):
+    def spy(model, balancer, tasks, batch, optimizer, session=None, regularisers=(), meta_batch=None, amp=None, scaler=None):
         seen.append((batch["mask"]["semseg"].clone(), batch.get("weak")))
         return {}
 

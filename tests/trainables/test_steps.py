@@ -26,7 +26,8 @@ from trainables.config import TrialConfig
 from trainables.plugins import ArchitectureInfo, Plugin, RunContext
 from trainables.registry import BALANCERS
 from trainables.session import Session
-from trainables.steps import training_step
+from trainables import steps
+from trainables.steps import task_vjp, training_step, vjp_mode
 from trainables.tasks.base import Task
 from trainables.train_loop import fit
 
@@ -186,9 +187,13 @@ def test_mgda_ub_encoder_gradient_and_scaled_heads():
 
 
 # -- parameter level -----------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["loop", "batched"])
 @pytest.mark.parametrize("cls", [Toy, ToyNoRep])
 @pytest.mark.parametrize("name", ["mgda", "cagrad", "imtl"])
-def test_param_level_direction_equals_combination_of_explicit_grads(cls, name):
+def test_param_level_direction_equals_combination_of_explicit_grads(cls, name, mode, monkeypatch):
+    """Both ways of taking the per-task vector-Jacobian products (``steps.task_vjp``) give the
+    hand-computed gradients."""
+    monkeypatch.setattr(steps, "VJP_MODE", mode)
     params = {"mgda": {"variant": "params"}, "cagrad": {}, "imtl": {"mode": "g", "target": "params"}}[name]
     model, tasks = toy(cls)
     batch = toy_batch({"a": [0, 1]})
@@ -206,6 +211,21 @@ def test_param_level_direction_equals_combination_of_explicit_grads(cls, name):
     for t in TOY_TASKS:  # heads follow their own losses
         for p, e in zip(model.heads[t].parameters(), torch.autograd.grad(losses[t], list(ref.heads[t].parameters()), retain_graph=True)):
             close(p.grad, e)
+
+
+def test_task_vjp_rows_loop_equal_batched_and_the_device_picks_the_mode():
+    torch.manual_seed(0)
+    w, x = torch.randn(3, 4, requires_grad=True), torch.randn(4)
+    unused = torch.randn(2, requires_grad=True)
+    y = torch.tanh(w @ x)  # [3]
+    rows = torch.randn(5, 3)  # five grad-output rows
+    loop = task_vjp((y,), [w, unused], (rows,), retain_graph=True, mode="loop")
+    batched = task_vjp((y,), [w, unused], (rows,), retain_graph=True, mode="batched")
+    expected = torch.stack([torch.outer(r * (1 - y.detach() ** 2), x) for r in rows])  # d(r . tanh(wx))/dw by hand
+    close(loop[0], expected)
+    close(batched[0], expected)
+    assert loop[1] is None and batched[1] is None
+    assert vjp_mode(torch.device("cpu")) == "loop" and vjp_mode(torch.device("cuda")) == "batched"
 
 
 def test_gradnorm_last_shared_layer_path():

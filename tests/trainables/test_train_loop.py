@@ -107,7 +107,8 @@ def test_epoch_mean_loss_skips_batches_that_do_not_label_the_task(tmp_path, monk
 
     step = {"n": 0}
 
-    def fake_step(model, balancer, tasks, batch, optimizer, session=None, regularisers=(), meta_batch=None):
+    def fake_step(model, balancer, tasks, batch, optimizer, session=None, regularisers=(), meta_batch=None,
+                  amp=None, scaler=None):
         step["n"] += 1  # depth is labelled in every other batch only
         optimizer.step()
         return {"semseg": 1.0, "depth": 4.0} if step["n"] % 2 else {"semseg": 3.0}
