@@ -339,11 +339,10 @@ def dry_run(spec, storage: str, smoke_run: bool) -> str:
     trials = 0
     for i, exp in enumerate(multi, 1):
         what = f"{exp.base.model.architecture.name} + {exp.base.balancer.name}"
+        n = exp.num_trials
         if exp.weight_search:
-            n = exp.weight_search.num_samples
             plan = f"Optuna over the task weights, {n} trial(s) on seed {exp.seeds[0]}"
         else:
-            n = len(exp.settings) * len(exp.seeds)
             plan = f"{len(exp.settings)} setting(s) x {len(exp.seeds)} seed(s) = {n} trial(s)"
         trials += n
         grouping = f"; first a grouping search {exp.grouping.name} (not counted below)" if exp.grouping else ""

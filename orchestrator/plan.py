@@ -60,6 +60,11 @@ class Experiment:
     def trial_configs(self) -> List[TrialConfig]:
         return [dataclasses.replace(self.base, **s, seed=seed) for s in self.settings for seed in self.seeds]
 
+    @property
+    def num_trials(self) -> int:
+        """Its Tune trials: the weight search's samples, or every grid setting x seed."""
+        return self.weight_search.num_samples if self.weight_search else len(self.settings) * len(self.seeds)
+
 
 def validate(spec: StudySpec) -> DatasetInfo:
     """Check every name, parameter and plug-in pair of ``spec`` against the registries; no data is read."""

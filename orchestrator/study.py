@@ -301,7 +301,7 @@ def _run_experiments(p: Prepared, run_id: str, run_dir: str, tracker: runs.RunSt
         name = run_name(exps)
         tracker.experiment_started(name)
         started = time.time()
-        first, trials = min(g.index for g in group), sum(len(e.settings) * len(e.seeds) for e in exps)
+        first, trials = min(g.index for g in group), sum(e.num_trials for e in exps)
         if len(group) == 1:
             log(f"experiment {first}/{len(p.multi)} {exps[0].name}: {trials} trial(s) through Ray Tune")
         else:

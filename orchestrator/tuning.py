@@ -52,6 +52,7 @@ from trainables.plugins import Plugin
 from trainables.tracking import INSTALL_HINT, TENSORBOARD, tensorboard_installed
 
 METRIC, MODE = "val_score", "max"
+URI_SCHEMES = {"gcs": "gs"}  # pyarrow filesystem type_name -> URI scheme, where they differ
 BATCH_KEY = "trial"  # a batched run's trial config: {BATCH_KEY: the whole TrialConfig dict}
 DRIVER_MEMORY_BYTES = 2**20
 MLFLOW_DB = "mlflow.db"
@@ -252,19 +253,17 @@ def run_experiments(exps: Sequence[Experiment], search: SearchSpec, resources: R
     trainable, reuse = trainable_for(resources, storage_path)
     search_alg, num_samples = None, 1
     epochs = max(e.base.epochs for e in exps)
+    trials = sum(e.num_trials for e in exps)
     if exp.weight_search:  # Optuna TPE over the weights (and the grid setting), first seed
-        trials = exp.weight_search.num_samples
         param_space = {**exp.base.to_dict(), "seed": exp.seeds[0]}  # the Tune boundary: typed config -> dict
         search_alg = make_searcher(exp.base.tasks, exp.settings, exp.weight_search, exp.base.balancer, METRIC, MODE,
                                    url=storage_url(study_dir), name=f"{os.path.basename(study_dir)}/{exp.name}")
         num_samples = exp.weight_search.num_samples
     elif len(exps) == 1:  # the survey grid x seeds, as Tune's own grid
-        trials = len(exp.settings) * len(exp.seeds)
         param_space = {**exp.base.to_dict(), "hp": tune.grid_search(list(exp.settings)),
                        "seed": tune.grid_search(list(exp.seeds))}
     else:  # every experiment's grid x seeds as one list of whole trial configs
         configs = [{**e.base.to_dict(), "hp": s, "seed": k} for e in exps for s in e.settings for k in e.seeds]
-        trials = len(configs)
         param_space = {BATCH_KEY: tune.grid_search(configs)}
     scheduler = None
     if search.asha:
@@ -336,6 +335,9 @@ def trial_outcome(result: Any) -> Dict[str, Any]:
     checkpoint = str(metrics.get("checkpoint_path", "") or "")  # a Train run's, forwarded by its callback
     if not checkpoint and getattr(result, "checkpoint", None) is not None:  # a trial trained in Tune's process
         checkpoint = result.checkpoint.path
+        kind = getattr(getattr(result.checkpoint, "filesystem", None), "type_name", "local")
+        if kind not in ("local", "mock"):  # in an object store: say which (e.g. s3://bucket/...)
+            checkpoint = f"{URI_SCHEMES.get(kind, kind)}://{checkpoint}"
     return {"config": _trial_config(result.config or {}), "metrics": metrics, "status": status,
             "error": (f"{type(result.error).__name__}: {result.error}" if result.error
                       else str(metrics.get("failed") or "")),

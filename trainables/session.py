@@ -109,14 +109,38 @@ class Session:
             self.on_report(metrics)
 
 
-class RayTrainSession(Session):
-    """A worker of a Ray Train ``TorchTrainer`` (data parallel: gloo on CPU, NCCL on GPU)."""
+class _RaySession(Session):
+    """Reports and checkpoints through a Ray API module (``ray.train`` or ``ray.tune``: both have
+    ``report(metrics, checkpoint=)``, ``get_checkpoint()`` and ``Checkpoint``); rank 0 saves."""
+
+    _api: Any = None
+
+    def restore(self) -> Optional[Dict[str, Any]]:
+        checkpoint = self._api.get_checkpoint()  # Ray: the last checkpoint of a retried or resumed run
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as directory:
+            return load_state_file(os.path.join(directory, STATE_FILE), self.device)
+
+    def report(self, metrics: Dict[str, Any], state: Optional[Dict[str, Any]] = None) -> None:
+        self.reports.append(dict(metrics))
+        with tempfile.TemporaryDirectory() as directory:
+            checkpoint = None
+            if state is not None and self.rank == 0:
+                torch.save(state, os.path.join(directory, STATE_FILE))
+                checkpoint = self._api.Checkpoint.from_directory(directory)
+            self._api.report(metrics, checkpoint=checkpoint)
+
+
+class RayTrainSession(_RaySession):
+    """A worker of a Ray Train ``TorchTrainer`` (data parallel: gloo on CPU, NCCL on GPU); its
+    reports reach Tune through the trainer's ``TuneReportCallback``."""
 
     def __init__(self):
         import ray.train
         import ray.train.torch
 
-        self._train = ray.train
+        self._api = ray.train
         self._torch = ray.train.torch
         ctx = ray.train.get_context()  # Ray: this worker's place in the group
         self._world_size, self._rank = ctx.get_world_size(), ctx.get_world_rank()
@@ -133,25 +157,8 @@ class RayTrainSession(Session):
         # Ray: adds a DistributedSampler; the loop moves nested batches itself.
         return self._torch.prepare_data_loader(loader, move_to_device=False)
 
-    def restore(self) -> Optional[Dict[str, Any]]:
-        checkpoint = self._train.get_checkpoint()  # Ray: last checkpoint of a retried run
-        if checkpoint is None:
-            return None
-        with checkpoint.as_directory() as directory:
-            return load_state_file(os.path.join(directory, STATE_FILE), self.device)
 
-    def report(self, metrics: Dict[str, Any], state: Optional[Dict[str, Any]] = None) -> None:
-        self.reports.append(dict(metrics))
-        with tempfile.TemporaryDirectory() as directory:
-            checkpoint = None
-            if state is not None and self.rank == 0:
-                torch.save(state, os.path.join(directory, STATE_FILE))
-                checkpoint = self._train.Checkpoint.from_directory(directory)
-            self._train.report(metrics, checkpoint=checkpoint)  # Ray: reaches Tune via the callback
-
-
-
-class TuneSession(Session):
+class TuneSession(_RaySession):
     """A one-worker trial that trains in Tune's own trial process (``resources.reuse_workers``).
 
     No Train worker group: the trial's process is the worker, and Tune keeps it for its next
@@ -164,21 +171,5 @@ class TuneSession(Session):
     def __init__(self):
         import ray.tune
 
-        self._tune = ray.tune
+        self._api = ray.tune
         super().__init__(device=default_device())
-
-    def restore(self) -> Optional[Dict[str, Any]]:
-        checkpoint = self._tune.get_checkpoint()
-        if checkpoint is None:
-            return None
-        with checkpoint.as_directory() as directory:
-            return load_state_file(os.path.join(directory, STATE_FILE), self.device)
-
-    def report(self, metrics: Dict[str, Any], state: Optional[Dict[str, Any]] = None) -> None:
-        self.reports.append(dict(metrics))
-        with tempfile.TemporaryDirectory() as directory:
-            checkpoint = None
-            if state is not None:
-                torch.save(state, os.path.join(directory, STATE_FILE))
-                checkpoint = self._tune.Checkpoint.from_directory(directory)
-            self._tune.report(metrics, checkpoint=checkpoint)
