@@ -369,3 +369,30 @@ def test_a_study_on_s3_is_interrupted_then_resumed_from_another_machine(s3_port,
     assert len(rows) == 8 and len(set(keys)) == len(keys)
     with fs.open_input_file(f"{root}/{marker}") as fh:
         assert b'"status": "finished"' in fh.read()
+
+
+def test_a_multi_node_study_refuses_node_local_storage_before_its_baselines(tmp_path, monkeypatch):
+    """The study's Ray side (``study.Cluster``) checks the storage against the live node count."""
+    from types import SimpleNamespace
+
+    import orchestrator.study as study
+    from orchestrator.spec import ResourcesSpec
+
+    mounts = tmp_path / "mounts"
+    mounts.write_text(f"/dev/sda1 / ext4 rw 0 0\nserver:/export {tmp_path / 'nfs'} nfs4 rw 0 0\n")
+    monkeypatch.setattr(storage, "node_local", lambda path, _=None: node_local(path, str(mounts)))
+    monkeypatch.setattr(study, "start_ray", lambda log: None)
+    monkeypatch.setattr(study, "cluster_resources", lambda: {"CPU": 8.0})
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")  # joined: the fit check is skipped
+
+    def prepared(folder, nodes):
+        monkeypatch.setattr(study, "alive_nodes", lambda: nodes)
+        return SimpleNamespace(study_dir=str(folder / "s"), mirror=None, log=print,
+                               spec=SimpleNamespace(resources=ResourcesSpec()))
+
+    with pytest.raises(SpecError, match=r"node-local storage \(ext4\) but the cluster has 3 nodes"):
+        study.Cluster(prepared(tmp_path / "local", 3))
+    study.Cluster(prepared(tmp_path / "local", 1))  # one node: any folder
+    study.Cluster(prepared(tmp_path / "nfs", 3))  # a shared mount
+    monkeypatch.setenv(storage.SHARED_ENV, "1")
+    study.Cluster(prepared(tmp_path / "local", 3))  # declared shared
