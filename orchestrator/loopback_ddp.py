@@ -95,9 +95,9 @@ def _loopback_config_class() -> type:
             port = worker_group.execute_single(0, bind_store_socket)
             if not isinstance(worker_group, V1WorkerGroup):
                 worker_group.execute(_set_torch_distributed_env_vars)
-            ray.get([worker_group.execute_single_async(i, join_process_group, backend=backend, rank=i,
-                                                       world_size=len(worker_group), port=port,
-                                                       timeout_s=backend_config.timeout_s)
+            # positional: execute_single_async's own first parameter is named ``rank``
+            ray.get([worker_group.execute_single_async(i, join_process_group, backend, i, len(worker_group), port,
+                                                       backend_config.timeout_s)
                      for i in range(len(worker_group))])
 
     class LoopbackTorchConfig(TorchConfig):
