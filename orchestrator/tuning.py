@@ -269,6 +269,11 @@ def run_experiments(exps: Sequence[Experiment], search: SearchSpec, resources: R
     if search.asha:
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=exp.base.epochs,
                                   grace_period=search.grace_period, reduction_factor=search.reduction_factor)
+    # With CheckpointConfig(num_to_keep=1) every trial checkpoint forces a snapshot of the run's state
+    # (by design: the snapshot must name a checkpoint that still exists), and Tune warns at each one
+    # that comes within 5 s of the last - i.e. every epoch of a short trial. The snapshot is a small
+    # JSON file; the warning goes (threshold 0), unless the user set one.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if not verbose:  # Tune's new console prints a box, a results path and a TensorBoard path per
         # experiment even at verbose 0 (the path is an ephemeral session folder); the legacy output is silent
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"

@@ -34,7 +34,7 @@ def first_run(ray_session, tmp_path_factory):
 
 
 def test_ctrl_c_mid_study_then_mtl_resume(tmp_path):
-    """SIGINT to ``mtl run`` once a multi-task trial has reported an epoch: exit 130, the run marked
+    """SIGINT to ``mtl run`` once a multi-task trial has ended (the next ones have started): exit 130, the run marked
     interrupted, no results.parquet; ``mtl resume`` finishes it in the same folder with every
     trial once, and the rows of the trials that ended before the interrupt unchanged. The two
     experiments (no ASHA) are trials of one Tune run, which the resume restores. First in this
@@ -45,13 +45,14 @@ def test_ctrl_c_mid_study_then_mtl_resume(tmp_path):
     import sys
     import time
 
-    from orchestrator.plan import expand, smoke, validate
+    from orchestrator.plan import expand, validate
     from orchestrator.runs import read_status, run_dirs
 
     data = {**SPEC, "name": "e2e_resume", "dataset": {**SPEC["dataset"], "root": str(tmp_path / "data")},
             "experiments": [{"name": "first", "architecture": "mtl_baseline", "balancer": "fixed"},
                             {"name": "second", "architecture": "mtl_baseline", "balancer": "dwa"}],
-            "search": {**SPEC["search"], "asha": False}}
+            "search": {**SPEC["search"], "asha": False},
+            "train": {**SPEC["train"], "epochs": 12}}  # long enough that the Ctrl-C cuts trials short
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(data))
     storage = tmp_path / "runs"
@@ -63,13 +64,13 @@ def test_ctrl_c_mid_study_then_mtl_resume(tmp_path):
 
     results_dir = storage / "e2e_resume" / "results"
     reports = str(storage / "e2e_resume" / "tune" / "batch_first_and_1_more" / "*" / "result.json")
-    run = subprocess.Popen(mtl("run", str(path), "--smoke"), env=env)
+    run = subprocess.Popen(mtl("run", str(path)), env=env)
     deadline = time.time() + 900
-    reported = False
-    while not reported and run.poll() is None and time.time() < deadline:
+    ended = False  # a trial reported its last epoch: its pair ends, the next pair (2 slots) starts
+    while not ended and run.poll() is None and time.time() < deadline:
         time.sleep(0.2)
-        reported = any(os.path.getsize(f) for f in glob.glob(reports))
-    assert reported and run.poll() is None, "no multi-task trial reported, or the study ended"
+        ended = any(sum(1 for _ in open(f)) >= data["train"]["epochs"] for f in glob.glob(reports))
+    assert ended and run.poll() is None, "no multi-task trial ended, or the study ended"
     run.send_signal(signal.SIGINT)
     assert run.wait(timeout=300) == 130
     (run_dir,) = run_dirs(str(results_dir))
@@ -79,12 +80,13 @@ def test_ctrl_c_mid_study_then_mtl_resume(tmp_path):
 
     assert subprocess.run(mtl("resume", "e2e_resume"), env=env, timeout=900).returncode == 0
     assert run_dirs(str(results_dir)) == [run_dir] and read_status(run_dir)["status"] == "finished"
-    spec = smoke(load_spec(data))
+    spec = load_spec(data)
     single, multi = expand(spec, validate(spec), str(tmp_path / "data"))
-    expected = sum(len(e.trial_configs()) for e in single) + sum(len(e.settings) * len(e.seeds) for e in multi)
+    expected = sum(len(e.trial_configs()) for e in single) + sum(e.num_trials for e in multi)
     rows = read_rows(str(storage / "e2e_resume" / "results.parquet"))
     print(f"rows: {len(ended)} multi-task trial(s) ended before the interrupt, {len(rows)} after the resume "
           f"(expected {expected})")
+    assert 0 < len(ended) < sum(e.num_trials for e in multi)  # some ended, the interrupt cut the others short
     assert len(rows) == expected
     keys = [(r["experiment"], r["config_hash"], r["seed"]) for r in rows]
     assert len(set(keys)) == len(keys)
