@@ -34,9 +34,10 @@ def first_run(ray_session, tmp_path_factory):
 
 
 def test_ctrl_c_mid_study_then_mtl_resume(tmp_path):
-    """SIGINT to ``mtl run`` once a multi-task trial has ended (the next ones have started): exit 130, the run marked
-    interrupted, no results.parquet; ``mtl resume`` finishes it in the same folder with every
-    trial once, and the rows of the trials that ended before the interrupt unchanged. The two
+    """SIGINT to ``mtl run`` once a multi-task trial has ended (the next ones have started): exit
+    130, the run marked interrupted, no results.parquet; ``mtl resume`` finishes it in the same
+    folder with every trial once, and the rows of the trials that ended before the interrupt
+    unchanged. The two
     experiments (no ASHA) are trials of one Tune run, which the resume restores. First in this
     module and without the shared ``ray_session``: each command starts (and ends) its own local Ray."""
     import glob
