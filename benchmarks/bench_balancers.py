@@ -120,12 +120,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--widths", default=None, help="tiny_cnn's stage widths, e.g. 32,64,128,192 for a wider "
+                                                       "model (default: its own, 16,32,64,96)")
+    parser.add_argument("--balancers", default=None, help="comma-separated names (default: every registered one; "
+                                                          "fixed is always timed)")
     args = parser.parse_args()
     torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
     device = torch.device(args.device)
     tasks = build_tasks(Plugin("synthetic", {"image_size": args.size}), TASKS)
     torch.manual_seed(0)
-    base = build_model(tasks).to(device)
+    backbone = Plugin("tiny_cnn", {"widths": [int(w) for w in args.widths.split(",")]} if args.widths else {})
+    base = build_model(tasks, {"backbone": backbone}).to(device)
     batch = make_batch(args.batch, args.size, device)
 
     def step(name: str, mode: str):
@@ -140,7 +145,8 @@ def main() -> None:
 
     runs, loops = {}, {}  # runs[name]: the step as shipped (auto); loops[name]: its other way
     other = "batched" if steps.vjp_mode(device) == "loop" else "loop"
-    for name in BALANCERS.names():
+    chosen = sorted({"fixed", *args.balancers.split(",")}) if args.balancers else BALANCERS.names()
+    for name in chosen:
         runs[name] = step(name, "auto")
         if runs[name][0] == "params":  # the only level with per-task vector-Jacobian products
             loops[name] = f"{name} [{other}]"
