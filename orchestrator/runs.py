@@ -132,7 +132,9 @@ def reap_orphans(marker: Dict[str, Any], wait_s: float = 5.0) -> List[Tuple[int,
     """Stop the Ray processes a killed driver left running; (pid, command line) of each one stopped.
 
     Only for a marker read as ``killed`` (its driver's pid is gone on this host) that names a Ray
-    session. A recorded pid is signalled only while it is alive and still a process of that
+    session. The candidates are the recorded pids and every other process of that session found
+    now (``session_pids``: e.g. a worker that was starting when the driver died, after the
+    marker's last write); each is signalled only while it is alive and still a process of that
     session - its command line names the session folder, or it holds a file under it open (the
     agents rename themselves ``ray::...`` but keep their logs there) - so a pid the system has given
     to another process since is left alone. SIGTERM first; SIGKILL for any still there after ``wait_s``.
@@ -140,8 +142,8 @@ def reap_orphans(marker: Dict[str, Any], wait_s: float = 5.0) -> List[Tuple[int,
     session = marker.get("ray_session_dir")
     if not marker.get("killed") or not session:
         return []
-    stopped = {pid: _command(pid) for pid in marker.get("ray_pids", [])
-               if _pid_alive(pid) and _of_session(pid, session)}
+    candidates = set(marker.get("ray_pids", [])) | set(session_pids(session))
+    stopped = {pid: _command(pid) for pid in sorted(candidates) if _pid_alive(pid) and _of_session(pid, session)}
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in stopped:
             if _pid_alive(pid) and _of_session(pid, session):  # checked again: the pid may be free by now
@@ -153,6 +155,14 @@ def reap_orphans(marker: Dict[str, Any], wait_s: float = 5.0) -> List[Tuple[int,
         while any(_pid_alive(pid) for pid in stopped) and time.time() < deadline:
             time.sleep(0.1)
     return sorted(stopped.items())
+
+
+def session_pids(session: str) -> List[int]:
+    """Every process on this host (that this user may inspect) of the Ray session folder ``session``."""
+    if not os.path.isdir("/proc"):
+        return []
+    return [pid for pid in (int(e) for e in os.listdir("/proc") if e.isdigit())
+            if pid != os.getpid() and _of_session(pid, session)]
 
 
 def _of_session(pid: int, session: str) -> bool:

@@ -28,8 +28,7 @@ pytestmark = pytest.mark.ray
 
 def session_processes(session: str) -> dict:
     """{pid: command} of every process on this host that belongs to the Ray session folder ``session``."""
-    pids = [int(e) for e in os.listdir("/proc") if e.isdigit()]
-    return {pid: runs._command(pid) for pid in pids if runs._of_session(pid, session)}
+    return {pid: runs._command(pid) for pid in runs.session_pids(session)}
 
 
 def test_sigkill_mid_study_then_mtl_resume_stops_its_ray_and_finishes_the_run(tmp_path):
