@@ -45,6 +45,8 @@ import tempfile
 import time
 from typing import List, Optional, Tuple
 
+from orchestrator.ray_env import descendants  # the process tree, as a run's marker records it
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -89,20 +91,6 @@ class Memory:
         self.peak_per_trial = 0.0
         self.processes_per_trial = 0.0
 
-    def tree(self) -> List[int]:
-        children: dict = {}
-        for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
-            if entry.isdigit():
-                stat = _read(f"/proc/{entry}/stat")
-                if stat:  # "pid (comm) state ppid ..."; comm may hold spaces
-                    children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
-        found, todo = [], [self.root]
-        while todo:
-            pid = todo.pop()
-            found.append(pid)
-            todo += children.get(pid, [])
-        return found
-
     @staticmethod
     def pss(pid: int) -> float:
         for line in _read(f"/proc/{pid}/smaps_rollup").splitlines():
@@ -112,7 +100,7 @@ class Memory:
 
     def sample(self) -> None:
         total, trial_bytes, trial_procs, trials = 0.0, 0.0, 0, 0
-        for pid in self.tree():
+        for pid in descendants([self.root]) if os.path.isdir("/proc") else []:
             pss = self.pss(pid)
             total += pss
             title = _read(f"/proc/{pid}/cmdline").split("\0")[0]

@@ -175,7 +175,9 @@ def check_storage(storage: str, study: str) -> None:
     left behind: an unnamed temporary file in the deepest folder of the path that exists."""
     from orchestrator.spec import SpecError
 
-    if "://" in storage:  # an object store: the study's prepare checks access, in its own words
+    from orchestrator.storage import is_uri
+
+    if is_uri(storage):  # an object store: the study's prepare checks access, in its own words
         return
     folder = os.path.join(os.path.abspath(os.path.expanduser(storage)), study)
     existing = folder
@@ -194,14 +196,9 @@ def check_storage(storage: str, study: str) -> None:
 def study_folder(storage: str, study: str) -> str:
     """The study's local folder under ``storage``; for an object store, its staging copy, pulled
     first (without Tune's state), so ``mtl resume`` / ``mtl status`` read what the store holds."""
-    from orchestrator.storage import Mirror, check_access, is_uri
+    from orchestrator.storage import stage_study
 
-    if not is_uri(storage):
-        return os.path.join(os.path.abspath(os.path.expanduser(storage)), study)
-    check_access(storage)
-    mirror = Mirror(storage)
-    mirror.pull(study, skip=("tune",))
-    return mirror.local_path(study)
+    return os.path.join(stage_study(storage, study)[0], study)
 
 
 def cmd_run(args) -> int:

@@ -65,8 +65,8 @@ def start_ray(log: Callable[[str], None] = print) -> None:
     if ray.is_initialized():
         return
     quiet_noise()  # the loggers, before ray.init logs its start-up notices
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
+    if joins_cluster():
+        address = os.environ["RAY_ADDRESS"]
         log(f"joining Ray cluster at {address}")
         ray.init(address=address)
         quiet_noise()
@@ -118,10 +118,10 @@ def local_ray_processes() -> Optional[Dict[str, Any]]:
         return None
     if not roots:  # joined a running cluster: none of its processes is this driver's
         return None
-    return {"session_dir": os.path.realpath(session_dir), "pids": _descendants(roots)}
+    return {"session_dir": os.path.realpath(session_dir), "pids": descendants(roots)}
 
 
-def _descendants(roots: List[int]) -> List[int]:
+def descendants(roots: List[int]) -> List[int]:
     """``roots`` and every process below them, from the parent pids in /proc."""
     children: Dict[int, List[int]] = {}
     for entry in os.listdir("/proc"):
@@ -145,6 +145,12 @@ def cluster_resources() -> Dict[str, float]:
     import ray
 
     return {k: float(v) for k, v in ray.cluster_resources().items()}
+
+
+def joins_cluster() -> bool:
+    """Whether the study joins a running cluster (RAY_ADDRESS, as ``ray job submit`` sets it)
+    rather than starting a local, one-node instance."""
+    return bool(os.environ.get("RAY_ADDRESS"))
 
 
 def alive_nodes() -> int:

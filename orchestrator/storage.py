@@ -73,8 +73,8 @@ import pyarrow.fs as pafs
 from orchestrator.spec import SpecError
 from trainables.atomic import atomic_write, write_json
 
-__all__ = ["Mirror", "NODE_LOCAL_TYPES", "SHARED_ENV", "check_access", "check_shared", "default_staging", "is_uri",
-           "join", "node_local", "resolve"]
+__all__ = ["Mirror", "NODE_LOCAL_TYPES", "SHARED_ENV", "TUNE", "check_access", "check_shared", "default_staging",
+           "is_uri", "join", "node_local", "resolve", "stage_study"]
 
 SHARED_ENV = "MTL_SHARED_STORAGE"  # "1": a plain --storage path is the same storage on every node
 NODE_LOCAL_TYPES = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "zfs", "overlay", "tmpfs", "ramfs", "f2fs",
@@ -136,7 +136,10 @@ def resolve(uri: str) -> Tuple[pafs.FileSystem, str]:
 
 
 def join(uri: str, *parts: str) -> str:
-    """``uri`` with ``parts`` appended to its path, before any query (``s3://b/x?scheme=http``)."""
+    """``uri`` with ``parts`` appended to its path, before any query (``s3://b/x?scheme=http``);
+    a plain filesystem path is joined as ``os.path.join`` does."""
+    if not is_uri(uri):
+        return os.path.join(uri, *parts)
     split = urllib.parse.urlsplit(uri)
     path = "/".join([split.path.rstrip("/")] + [p.strip("/") for p in parts if p.strip("/")])
     return urllib.parse.urlunsplit(split._replace(path=path))
@@ -172,6 +175,21 @@ def check_access(uri: str) -> None:
     if back != payload:
         raise SpecError(f"--storage {_redact(uri, uri)!r}: the probe object read back differs from what was written "
                         f"({len(back)} bytes, not {len(payload)}); check the endpoint")
+
+
+TUNE = "tune"  # <study>/tune: Tune's and Train's state, which Ray writes to the store itself (never staged)
+
+
+def stage_study(storage: str, study: str) -> Tuple[str, Optional["Mirror"]]:
+    """(the local folder that stands for ``storage``, its ``Mirror`` or None): a plain path as an
+    absolute path; an object store checked (``check_access``) and the study's files (not Tune's)
+    pulled into its staging folder, so what follows reads what the store holds."""
+    if not is_uri(storage):
+        return os.path.abspath(os.path.expanduser(storage)), None
+    check_access(storage)
+    mirror = Mirror(storage)
+    mirror.pull(study, skip=(TUNE,))
+    return mirror.staging, mirror
 
 
 def default_staging(uri: str) -> str:

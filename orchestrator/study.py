@@ -21,9 +21,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from orchestrator import baselines as bl
 from orchestrator import report, results, runs
 from orchestrator.plan import Experiment, complexity, expand, smoke, validate
-from orchestrator.ray_env import alive_nodes, cluster_resources, start_ray
-from orchestrator.spec import SUPERVISED_MTL, SpecError, StudySpec
-from orchestrator.storage import Mirror, check_access, check_shared, is_uri, join
+from orchestrator.ray_env import alive_nodes, cluster_resources, joins_cluster, start_ray
+from orchestrator.spec import SUPERVISED_MTL, SearchSpec, SpecError, StudySpec
+from orchestrator.storage import TUNE, Mirror, check_shared, join, stage_study
 from orchestrator.tuning import (
     ExperimentInterrupted,
     batchable,
@@ -48,7 +48,6 @@ from trainables.registry import DATASETS
 from trainables.tracking import TENSORBOARD, experiment_dir
 
 DEFAULT_STORAGE = "mtl_runs"
-TUNE = "tune"  # <study>/tune: Tune's and Train's state and checkpoints
 CACHE = os.path.join("_cache", "baselines")  # <storage>/_cache/baselines/<key>: the single-task cache
 
 
@@ -77,15 +76,11 @@ def prepare(spec: StudySpec, storage: str, smoke_run: bool, log: Callable[[str],
     if smoke_run:
         spec = smoke(spec)
     info = validate(spec)  # names, params, plug-in pairs, labels: before any data or Ray work
-    uri, mirror = storage, None
-    if is_uri(storage):  # a wrong endpoint, bucket or credentials: one line, before any work
-        check_access(storage)
-        mirror = Mirror(storage)
-        pulled = mirror.pull(spec.name, skip=(TUNE,))
-        log(f"storage {storage}: object store; the study's files are staged in {mirror.staging} "
-            f"({pulled} file(s) pulled), Tune's state goes to the store directly")
-        storage = mirror.staging
-    storage = os.path.abspath(os.path.expanduser(storage))
+    uri = storage
+    storage, mirror = stage_study(uri, spec.name)  # an object store: a wrong endpoint, bucket or credentials
+    if mirror is not None:                          # fail here in one line, before any work
+        log(f"storage {uri}: object store; the study's files are staged in {mirror.staging}, "
+            "Tune's state goes to the store directly")
     study_dir = os.path.join(storage, spec.name)
     log(f"study {spec.name!r}: dataset {spec.dataset.name}, tasks {list(spec.tasks)}, "
         f"{len(spec.experiments)} experiment(s){' [smoke]' if smoke_run else ''}")
@@ -112,7 +107,7 @@ def prepare(spec: StudySpec, storage: str, smoke_run: bool, log: Callable[[str],
         multi = [dataclasses.replace(e, base=dataclasses.replace(e.base, label_file=label_file)) for e in multi]
     log(f"{len(single[0].settings)} grid setting(s) x {len(spec.train.seeds)} seed(s) per model; "
         f"{len(single)} single-task baseline model(s)")
-    tune_path = join(uri, spec.name, TUNE) if mirror is not None else os.path.join(study_dir, TUNE)
+    tune_path = join(uri if mirror is not None else storage, spec.name, TUNE)
     return Prepared(spec, study_dir, os.path.join(storage, CACHE), single, multi,
                     primary_directions(build_tasks(spec.dataset.plugin, spec.tasks)), log, mirror, tune_path)
 
@@ -126,7 +121,7 @@ class Cluster:
         if p.mirror is None:  # a plain path on a multi-node cluster must be shared storage
             check_shared(os.path.dirname(p.study_dir), alive_nodes())
         res = p.spec.resources
-        if not os.environ.get("RAY_ADDRESS"):  # a joined cluster may autoscale; a local one cannot
+        if not joins_cluster():  # a joined cluster may autoscale; a local one cannot
             check_fits(res, self.resources)
         self.actors = res.baseline_actors or slots(res.cpus_per_worker, res.gpus_per_worker, self.resources)
         self.actor_options = {"num_cpus": res.cpus_per_worker, "num_gpus": res.gpus_per_worker}
@@ -135,15 +130,15 @@ class Cluster:
 def baselines(p: Prepared, cluster: Cluster) -> Dict[str, List[dict]]:
     """Every single-task result of the study (cached or trained now), by experiment name."""
     configs = [c for e in p.single for c in e.trial_configs()]
-    entries = [f"{CACHE}/{bl.cache_key(c)}" for c in configs]
     if p.mirror is not None:  # the entries other studies cached in the store
-        for entry in entries:
-            p.mirror.pull(entry)
+        for cfg in configs:
+            p.mirror.pull(f"{CACHE}/{bl.cache_key(cfg)}")
     base_results = bl.ensure_baselines(configs, p.cache_dir, cluster.actors, cluster.actor_options, p.log,
                                        mirror=(p.mirror.uri, p.mirror.staging) if p.mirror is not None else None)
-    if p.mirror is not None:  # those trained now on other nodes (each actor pushed its own)
-        for entry in entries:
-            p.mirror.pull(entry)
+    if p.mirror is not None:  # those trained now, maybe on other nodes (each actor pushed its own)
+        for r in base_results:
+            if not r.get("cached"):
+                p.mirror.pull(f"{CACHE}/{bl.cache_key(TrialConfig.from_dict(r['config']))}")
     bl.link_events(base_results, p.cache_dir, os.path.join(p.study_dir, TENSORBOARD))  # cached: shared by studies
     by_experiment: Dict[str, List[dict]] = {}
     for r in base_results:
@@ -340,13 +335,12 @@ class _Pending:
     (single-task networks, teachers) and its TensorBoard folder set in ``exp.base``."""
 
     index: int
-    exp: Experiment
-    baseline_val: Dict[str, float]
-    baseline_test: Dict[str, float]
+    exp: Experiment  # its base carries the Delta_m baseline (baseline_val / baseline_test)
     derivation_json: str = ""
 
     def rows(self, outcomes: List[dict], common: dict, cache: dict, directions: Dict[str, bool]) -> List[Dict[str, Any]]:
-        made = [_row(o, self.exp, common, cache, directions, self.baseline_val, self.baseline_test) for o in outcomes]
+        base = self.exp.base
+        made = [_row(o, self.exp, common, cache, directions, base.baseline_val, base.baseline_test) for o in outcomes]
         for row in made:
             row["derivation_json"] = self.derivation_json
         _select(made)
@@ -385,10 +379,10 @@ def _prepare_experiment(p: Prepared, cluster: Cluster, by_experiment: Dict[str, 
     exp = dataclasses.replace(exp, base=dataclasses.replace(exp.base, baseline_val=baseline_val,
                                                             baseline_test=baseline_test, init_checkpoints=init,
                                                             teacher_checkpoints=teachers, events_dir=events))
-    return _Pending(index, exp, baseline_val, baseline_test, derivation_json)
+    return _Pending(index, exp, derivation_json)
 
 
-def _schedule(pending: List[_Pending], search: Any, cost: Callable[[Experiment], float]) -> List[List[_Pending]]:
+def _schedule(pending: List[_Pending], search: SearchSpec, cost: Callable[[Experiment], float]) -> List[List[_Pending]]:
     """The Tune runs of the pending experiments: one for all the ``batchable`` ones (longest trials
     first), then one per other experiment in the spec's order."""
     batch = sorted((g for g in pending if batchable(g.exp, search)), key=lambda g: -cost(g.exp))  # stable

@@ -46,7 +46,8 @@ from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 from orchestrator.plan import Experiment
 from orchestrator.spec import ResourcesSpec, SearchSpec, SpecError
-from orchestrator.storage import is_uri, join
+from orchestrator.ray_env import joins_cluster
+from orchestrator.storage import join
 from orchestrator.weight_search import make_searcher, storage_url, strip_raw
 from trainables.plugins import Plugin
 from trainables.tracking import INSTALL_HINT, TENSORBOARD, tensorboard_installed
@@ -207,7 +208,7 @@ def trainable_for(resources: ResourcesSpec, storage_path: str) -> Tuple[Any, boo
     scaling = dict(num_workers=r.workers_per_trial, use_gpu=r.gpus_per_worker > 0,
                    resources_per_worker={"CPU": r.cpus_per_worker,
                                          **({"GPU": r.gpus_per_worker} if r.gpus_per_worker else {})})
-    loopback = not os.environ.get("RAY_ADDRESS")  # a local instance (start_ray): one node, loopback only
+    loopback = not joins_cluster()  # a local instance (start_ray): one node, loopback only
     return tune.with_resources(tune.with_parameters(_run_trial, scaling=scaling, storage_path=storage_path,
                                                     loopback=loopback),
                                {"cpu": 0, "memory": DRIVER_MEMORY_BYTES}), False
@@ -281,7 +282,7 @@ def run_experiments(exps: Sequence[Experiment], search: SearchSpec, resources: R
         os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
     name = run_name(exps)
     label = exp.name if len(exps) == 1 else f"{len(exps)} experiments"
-    path = join(storage_path, name) if is_uri(storage_path) else os.path.join(storage_path, name)
+    path = join(storage_path, name)
     if resume and tune.Tuner.can_restore(path):
         log(f"  {label}: resuming Tune's saved run {path}: ended trials kept, unfinished ones continue "
             "from their last checkpoint")

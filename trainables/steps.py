@@ -422,16 +422,16 @@ def _present(balancer: Balancer, losses, device: torch.device, session: Session)
     return names, {n: stats[0, i] / stats[1, i] for i, n in enumerate(balancer.task_names) if stats[1, i] > 0}
 
 
-VJP_MODES = ("auto", "loop", "batched")
 VJP_MODE = "auto"  # "auto": vjp_mode's per-device choice; "loop" / "batched" force one (benchmarks, tests)
 
 
 def vjp_mode(device: torch.device) -> str:
-    """How ``task_vjp`` computes the per-task rows on ``device``: measured on this project's CPU
-    machines (benchmarks/bench_balancers.py, "loop/batched"), one vector-Jacobian product per task
-    is as fast as the batched product or faster (up to 18% on a wider model), so the CPU loops;
-    other devices take the batched product (``vmap`` over the rows: one backward for all tasks),
-    which is what LibMTL-style GPU training is built on. ``VJP_MODE`` overrides it."""
+    """How ``task_vjp`` computes the per-task rows on ``device``. On this project's CPU machines
+    the two ways measured even (benchmarks/bench_balancers.py: batched / loop 0.97-1.03 on tiny_cnn
+    at two widths), so the CPU loops, which holds one row of intermediate gradients at a time
+    instead of T; other devices take the batched product (``vmap`` over the rows: one backward
+    for all tasks), which is what LibMTL-style GPU training is built on (not measured here: no
+    GPU). ``VJP_MODE`` overrides it."""
     if VJP_MODE != "auto":
         return VJP_MODE
     return "loop" if device.type == "cpu" else "batched"
